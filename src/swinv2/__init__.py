@@ -1,0 +1,16 @@
+"""Swin Transformer V2 and SimMIM, exact to the official weights."""
+from .errors import CheckpointError, ConfigError, InputError, SwinV2Error
+from .models import (
+    SwinTransformerV2,
+    SwinV2Config,
+    create_model,
+    get_config,
+    list_models,
+    register_model,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "SwinTransformerV2", "SwinV2Config", "create_model", "get_config", "list_models", "register_model",
+    "CheckpointError", "ConfigError", "InputError", "SwinV2Error",
+]

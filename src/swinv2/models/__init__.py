@@ -1,0 +1,8 @@
+from .backbone import SwinTransformerV2, SwinTransformerV2Stage
+from .config import SwinV2Config
+from .registry import create_model, create_on_meta, get_config, list_models, register_model
+
+__all__ = [
+    "SwinTransformerV2", "SwinTransformerV2Stage", "SwinV2Config",
+    "create_model", "create_on_meta", "get_config", "list_models", "register_model",
+]

@@ -1,0 +1,51 @@
+"""Shifted windows: which window and shift each block uses, partitioning, and the shift mask."""
+from __future__ import annotations
+
+import torch
+
+
+def window_and_shift(
+    resolution: tuple[int, int], window_size: tuple[int, int], shifted: bool
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The official rule, per axis: a map no larger than the window is covered by one window,
+    and then shifting would only roll the map onto itself, so the shift is 0 (note `<=`)."""
+    window = tuple(min(r, w) for r, w in zip(resolution, window_size))
+    shift = tuple(0 if (not shifted or r <= w) else w // 2 for r, w in zip(resolution, window_size))
+    return window, shift
+
+
+def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W, C) -> (B * num_windows, Wh * Ww, C), windows in row-major order."""
+    batch, height, width, channels = x.shape
+    wh, ww = window
+    x = x.view(batch, height // wh, wh, width // ww, ww, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+
+
+def window_reverse(windows: torch.Tensor, window: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """(B * num_windows, Wh * Ww, C) -> (B, H, W, C); the inverse of `window_partition`."""
+    wh, ww = window
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // wh, width // ww, wh, ww, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def shifted_window_mask(
+    resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> torch.Tensor | None:
+    """Additive mask (num_windows, N, N): -100 between tokens that the cyclic roll brought
+    together from different parts of the map, 0 elsewhere. None when nothing is shifted.
+
+    Each axis splits into the slices [0, size-window), [size-window, size-shift), [size-shift, size);
+    the 3x3 products label 9 regions, and tokens attend only within their own region."""
+    if shift == (0, 0):
+        return None
+    labels = []
+    for size, win, sh in zip(resolution, window, shift):
+        index = torch.arange(size)
+        # With sh == 0 the second comparison is never true: that axis has no wrapped slice.
+        labels.append((index >= size - win).long() + (index >= size - sh).long())
+    region = labels[0][:, None] * 3 + labels[1][None, :]  # (H, W), values 0..8
+    region_windows = window_partition(region[None, :, :, None].float(), window).squeeze(-1)  # (nW, N)
+    different = region_windows[:, :, None] != region_windows[:, None, :]
+    return torch.zeros(different.shape).masked_fill(different, -100.0)
