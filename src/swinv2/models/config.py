@@ -91,18 +91,18 @@ class SwinV2Config:
             raise ConfigError(
                 f"img_size {height}x{width} is not a multiple of patch_size {self.patch_size}"
             )
+        minimum = self.patch_size * 2 ** (self.num_stages - 1)
+        if min(self.stage_resolution(self.num_stages - 1)) < 1:
+            raise ConfigError(
+                f"img_size {height}x{width} is too small: the last stage would have no tokens; "
+                f"the minimum is {minimum}x{minimum}"
+            )
         for stage in range(self.num_stages):
             resolution = self.stage_resolution(stage)
-            if min(resolution) < 1:
-                minimum = self.patch_size * 2 ** (self.num_stages - 1)
-                raise ConfigError(
-                    f"img_size {height}x{width} is too small: stage {stage} would have no tokens; "
-                    f"the minimum is {minimum}x{minimum}"
-                )
             if stage < self.num_stages - 1 and (resolution[0] % 2 or resolution[1] % 2):
                 raise ConfigError(
                     f"img_size {height}x{width}: stage {stage} map {resolution[0]}x{resolution[1]} cannot be "
-                    f"merged 2x2; use an img_size divisible by {self.patch_size * 2 ** (self.num_stages - 1)}"
+                    f"merged 2x2; use an img_size divisible by {minimum}"
                 )
             window = tuple(min(r, w) for r, w in zip(resolution, self.window_size))
             if resolution[0] % window[0] or resolution[1] % window[1]:
