@@ -77,6 +77,10 @@ def test_relative_position_index_non_square():
         ((8, 8), (16, 16), True, ((8, 8), (0, 0))),  # 256 px / w16, stage 3: clamped to 8
         ((6, 6), (12, 12), True, ((6, 6), (0, 0))),  # 192 px / w12, stage 3: clamped to 6
         ((12, 12), (12, 12), True, ((12, 12), (0, 0))),  # 192 px / w12, stage 2: unshifted
+        # Non-square maps: each axis on its own (as timm); the official code only knew square maps.
+        ((4, 8), (4, 4), True, ((4, 4), (0, 2))),
+        ((2, 4), (4, 4), True, ((2, 4), (0, 0))),
+        ((16, 8), (4, 8), True, ((4, 8), (2, 0))),
     ],
 )
 def test_window_clamp_and_shift_rule(resolution, window, shifted, expected):

@@ -29,10 +29,12 @@ class WindowAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         pretrained_window_size: tuple[int, int] = (0, 0),
+        chunk_size: int = 0,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
+        self.chunk_size = chunk_size  # sequential self-attention: windows per chunk, 0 = all at once
         self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         # The continuous position bias: offsets (dh, dw) -> one bias per head.
         self.cpb_mlp = nn.Sequential(
@@ -72,23 +74,39 @@ class WindowAttention(nn.Module):
         return 16 * torch.sigmoid(bias.permute(2, 0, 1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B * nW, N, C); mask: (nW, N, N) additive shift mask or None."""
+        """x: (B * nW, N, C); mask: (nW, N, N) additive (shift and padding) or None; window i uses mask[i % nW]."""
+        bias = self.position_bias()
+        windows = x.shape[0]
+        if self.chunk_size == 0 or windows <= self.chunk_size:
+            return self.attend(x, bias, mask)
+        # Sequential self-attention (paper 3.5): the (windows, heads, N, N) logits of one chunk at a time.
+        outputs = []
+        for start in range(0, windows, self.chunk_size):
+            stop = min(start + self.chunk_size, windows)
+            chunk_mask = None
+            if mask is not None:
+                chunk_mask = mask[torch.arange(start, stop, device=mask.device) % mask.shape[0]]
+            outputs.append(self.attend(x[start:stop], bias, chunk_mask))
+        return torch.cat(outputs)
+
+    def attend(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of (windows, N, C) given the (heads, N, N) position bias."""
         windows, tokens, channels = x.shape
         head_dim = channels // self.num_heads
-        bias = None
+        qkv_bias = None
         if self.q_bias is not None:
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias)
+            qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, qkv_bias)
         qkv = qkv.reshape(windows, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B * nW, heads, N, head_dim)
+        q, k, v = qkv.unbind(0)  # each (windows, heads, N, head_dim)
 
         # Scaled cosine attention: |logits| <= 1 / tau, whatever the activation amplitude.
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
-        attn = attn + self.position_bias().unsqueeze(0)
+        attn = attn + bias.unsqueeze(0)
         if mask is not None:
-            num_windows = mask.shape[0]
-            attn = attn.view(-1, num_windows, self.num_heads, tokens, tokens) + mask[None, :, None]
+            num_masks = mask.shape[0]
+            attn = attn.view(-1, num_masks, self.num_heads, tokens, tokens) + mask[None, :, None]
             attn = attn.view(-1, self.num_heads, tokens, tokens)
         attn = self.attn_drop(attn.softmax(dim=-1))
 

@@ -1,14 +1,26 @@
 """`SwinTransformerV2`: patch embedding, four stages of windowed blocks, and a classification head."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .blocks import PatchEmbed, PatchMerging, SwinTransformerV2Block
-from .config import SwinV2Config
+from .config import SwinV2Config, to_pair
+
+
+class FeatureInfo(list):
+    """One dict per returned feature map (num_chs, reduction, module), as timm's `feature_info`."""
+
+    def channels(self) -> list[int]:
+        return [info["num_chs"] for info in self]
+
+    def reduction(self) -> list[int]:
+        return [info["reduction"] for info in self]
 
 
 class SwinTransformerV2Stage(nn.Module):
@@ -36,15 +48,21 @@ class SwinTransformerV2Stage(nn.Module):
                 drop_path=drop_path[index],
                 pretrained_window_size=pretrained_window,
                 extra_norm=period > 0 and (index + 1) % period == 0,
+                attention_chunk_size=config.attention_chunk_size,
             )
             for index in range(config.depths[stage])
         )
         self.downsample = PatchMerging(dim) if stage < config.num_stages - 1 else nn.Identity()
+        self.use_checkpoint = config.use_checkpoint
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, C) -> (the stage's output map, the next stage's input)."""
         for block in self.blocks:
-            x = block(x)
+            if self.use_checkpoint and torch.is_grad_enabled():
+                # Keep only block inputs; recompute the rest (attention maps above all) in backward.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return x, self.downsample(x)
 
 
@@ -76,8 +94,16 @@ class SwinTransformerV2(nn.Module):
             SwinTransformerV2Stage(config, stage, rates[start : start + config.depths[stage]])
             for stage, start in enumerate(starts)
         )
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, config.num_classes) if config.num_classes > 0 else nn.Identity()
+        if config.features_only:
+            # A backbone for dense heads: no final norm, no classifier (their weights are not loaded).
+            self.norm = self.head = None
+        else:
+            self.norm = nn.LayerNorm(self.num_features)
+            self.head = nn.Linear(self.num_features, config.num_classes) if config.num_classes > 0 else nn.Identity()
+        self.feature_info = FeatureInfo(
+            dict(num_chs=config.stage_dim(stage), reduction=config.patch_size * 2**stage, module=f"layers.{stage}")
+            for stage in config.out_indices
+        )
         self.init_weights()
 
     # ----------------------------------------------------------------------------------- init
@@ -126,10 +152,17 @@ class SwinTransformerV2(nn.Module):
                 f"expected {config.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
                 f"convert the images or create the model with in_chans={x.shape[1]}"
             )
-        if tuple(x.shape[2:]) != config.img_size:
+        height, width = x.shape[2:]
+        if config.strict_img_size and (height, width) != config.img_size:
             raise InputError(
-                f"expected {config.img_size[0]}x{config.img_size[1]} images, got {x.shape[2]}x{x.shape[3]}; "
-                "resize the input, or change the model with model.set_input_size(img_size=...)"
+                f"expected {config.img_size[0]}x{config.img_size[1]} images, got {height}x{width}; "
+                "resize the input, change the model with model.set_input_size(img_size=...), "
+                "or create it with strict_img_size=False to accept any size"
+            )
+        if min(height, width) < config.patch_size:
+            raise InputError(
+                f"images of {height}x{width} are too small: the minimum is one patch, "
+                f"{config.patch_size}x{config.patch_size}"
             )
         if not x.is_floating_point():
             raise InputError(
@@ -142,12 +175,21 @@ class SwinTransformerV2(nn.Module):
                 f"use x.to({weight_dtype}), model.to({x.dtype}), or torch.autocast"
             )
 
+    def add_absolute_position(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, h, w, C) + the absolute position embedding, resampled bicubically to another grid."""
+        grid = self.config.stage_resolution(0)
+        embedding = self.absolute_pos_embed.view(1, grid[0], grid[1], -1)
+        if tuple(x.shape[1:3]) != grid:
+            embedding = F.interpolate(embedding.permute(0, 3, 1, 2), size=tuple(x.shape[1:3]), mode="bicubic",
+                                      align_corners=False).permute(0, 2, 3, 1)
+        return x + embedding
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, in_chans, H, W) -> each stage's output map (B, H_i, W_i, C_i), before patch merging."""
         self.check_input(x)
         x = self.patch_embed(x)
         if self.absolute_pos_embed is not None:
-            x = x + self.absolute_pos_embed.view(1, x.shape[1], x.shape[2], -1)
+            x = self.add_absolute_position(x)
         x = self.pos_drop(x)
         outputs = []
         for stage in self.layers:
@@ -155,14 +197,56 @@ class SwinTransformerV2(nn.Module):
             outputs.append(output)
         return outputs
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> normalised last-stage map (B, H/32, W/32, 8C)."""
-        return self.norm(self.forward_stages(x)[-1])
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """(B, in_chans, H, W) -> normalised last-stage map (B, H/32, W/32, 8C);
+        with features_only, the maps of `out_indices` as (B, C_i, H_i, W_i) at strides 4, 8, 16, 32."""
+        stages = self.forward_stages(x)
+        if self.config.features_only:
+            return [stages[index].permute(0, 3, 1, 2).contiguous() for index in self.config.out_indices]
+        return self.norm(stages[-1])
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, h, w, 8C) -> average over positions -> logits (or the pooled features)."""
         x = x.mean(dim=(1, 2))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.config.features_only:
+            return self.forward_features(x)
         return self.forward_head(self.forward_features(x))
+
+    # ------------------------------------------------------------------------- change of size
+    def set_input_size(
+        self,
+        img_size: int | tuple[int, int] | None = None,
+        window_size: int | tuple[int, int] | None = None,
+        pretrained_window_sizes: Sequence[int | tuple[int, int]] | None = None,
+    ) -> None:
+        """Move the model to another resolution and/or window size in place; weights carry over.
+
+        `pretrained_window_sizes=None` follows the official fine-tune configs: each stage keeps
+        normalising position offsets by the window its weights were trained with (its current
+        `pretrained_window_sizes` entry, or, where that is 0, the window it uses now, clamp included:
+        192/w12 -> [12, 12, 12, 6]). timm instead re-normalises by the new window. Pass a list to choose."""
+        config = self.config
+        if pretrained_window_sizes is None:
+            pretrained_window_sizes = [
+                config.pretrained_window_sizes[index]
+                if config.pretrained_window_sizes[index][0] > 0
+                else stage.blocks[0].window_size
+                for index, stage in enumerate(self.layers)
+            ]
+        new = config.replace(
+            img_size=to_pair(img_size, "img_size") if img_size is not None else config.img_size,
+            window_size=to_pair(window_size, "window_size") if window_size is not None else config.window_size,
+            pretrained_window_sizes=pretrained_window_sizes,
+        )
+        if self.absolute_pos_embed is not None and new.stage_resolution(0) != config.stage_resolution(0):
+            with torch.no_grad():
+                grid = new.stage_resolution(0)
+                resampled = self.add_absolute_position(self.absolute_pos_embed.new_zeros(1, *grid, config.embed_dim))
+                self.absolute_pos_embed = nn.Parameter(resampled.reshape(1, grid[0] * grid[1], -1))
+        for index, stage in enumerate(self.layers):
+            for block in stage.blocks:
+                block.set_input_size(new.stage_resolution(index), new.window_size, new.pretrained_window_sizes[index])
+        self.config = new

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import WindowAttention
-from .windows import shifted_window_mask, window_and_shift, window_partition, window_reverse
+from .windows import padded_size, window_and_shift, window_attention_mask, window_partition, window_reverse
 
 
 class DropPath(nn.Module):
@@ -49,6 +50,10 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim) if patch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patch = self.proj.kernel_size[0]
+        height, width = x.shape[-2:]
+        if height % patch or width % patch:  # only with strict_img_size=False: zero-pad bottom and right
+            x = F.pad(x, (0, -width % patch, 0, -height % patch))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -62,6 +67,9 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:  # only with strict_img_size=False: pad odd maps to even
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
         # The official order: (row, col) offsets (0,0), (1,0), (0,1), (1,1).
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.norm(self.reduction(x))
@@ -89,13 +97,15 @@ class SwinTransformerV2Block(nn.Module):
         drop_path: float = 0.0,
         pretrained_window_size: tuple[int, int] = (0, 0),
         extra_norm: bool = False,
+        attention_chunk_size: int = 0,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.shifted = shifted
         window, shift = window_and_shift(input_resolution, window_size, shifted)
         self.attn = WindowAttention(
-            dim, window, num_heads, qkv_bias, attn_drop, drop, pretrained_window_size=pretrained_window_size
+            dim, window, num_heads, qkv_bias, attn_drop, drop,
+            pretrained_window_size=pretrained_window_size, chunk_size=attention_chunk_size,
         )
         self.norm1 = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path)
@@ -111,26 +121,37 @@ class SwinTransformerV2Block(nn.Module):
         window_size: tuple[int, int],
         pretrained_window_size: tuple[int, int],
     ) -> None:
-        """Recompute this block's window, shift and mask for a map of `input_resolution`."""
+        """Recompute this block's window, shift and mask for a map of `input_resolution`.
+
+        Maps of other sizes (strict_img_size=False) keep this window and shift, padded to whole windows."""
         self.input_resolution = tuple(input_resolution)
         self.window_size, self.shift_size = window_and_shift(self.input_resolution, window_size, self.shifted)
         self.attn.set_window_size(self.window_size, pretrained_window_size)
-        mask = shifted_window_mask(self.input_resolution, self.window_size, self.shift_size)
+        mask = window_attention_mask(self.input_resolution, self.window_size, self.shift_size)
         self.register_buffer(
             "attn_mask", None if mask is None else mask.to(self.norm1.weight.device), persistent=False
         )
 
     def shifted_window_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C): roll, attend within windows (masking wrapped tokens), roll back."""
+        """(B, H, W, C) -> (B, H, W, C): pad to whole windows, roll, attend within windows (masking
+        wrapped and padded tokens), roll back, crop."""
         _, height, width, _ = x.shape
+        if (height, width) == self.input_resolution:
+            mask = self.attn_mask
+        else:
+            mask = window_attention_mask((height, width), self.window_size, self.shift_size)
+            mask = None if mask is None else mask.to(x.device)
+        padded_height, padded_width = padded_size((height, width), self.window_size)
+        if (padded_height, padded_width) != (height, width):
+            x = F.pad(x, (0, 0, 0, padded_width - width, 0, padded_height - height))
         shift = self.shift_size
         if shift != (0, 0):
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-        windows = self.attn(window_partition(x, self.window_size), self.attn_mask)
-        x = window_reverse(windows, self.window_size, height, width)
+        windows = self.attn(window_partition(x, self.window_size), mask)
+        x = window_reverse(windows, self.window_size, padded_height, padded_width)
         if shift != (0, 0):
             x = torch.roll(x, shifts=shift, dims=(1, 2))
-        return x
+        return x[:, :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.norm1(self.shifted_window_attention(x)))

@@ -19,6 +19,14 @@ def to_pair(value: Any, name: str) -> tuple[int, int]:
         raise ConfigError(f"{name} must be an int or a (height, width) pair, got {value!r}") from None
 
 
+def stage_resolution(img_size: tuple[int, int], patch_size: int, stage: int) -> tuple[int, int]:
+    """Token map of a stage; partial patches and odd maps are padded, hence the ceilings."""
+    height, width = (-(-size // patch_size) for size in img_size)
+    for _ in range(stage):
+        height, width = -(-height // 2), -(-width // 2)
+    return (height, width)
+
+
 @dataclass
 class SwinV2Config:
     """Shape and regularisation of a Swin Transformer V2; defaults are SwinV2-T 256/w8."""
@@ -41,20 +49,32 @@ class SwinV2Config:
     # Window size each stage was pre-trained with; 0 means "this model's own window".
     # The position-bias coordinates are normalised by it, so a w12 MLP sees w24 offsets
     # as extrapolations of the range it learned (the official fine-tune configs do this).
-    pretrained_window_sizes: tuple[tuple[int, int], ...] = ((0, 0), (0, 0), (0, 0), (0, 0))
+    pretrained_window_sizes: tuple[tuple[int, int], ...] | None = None  # None: 0 for every stage
     # SwinV2-H/G: a LayerNorm on the main branch after every k-th block of a stage (0 = none).
     extra_norm_period: int = 0
+    # False: accept any input size, padding each stage to window multiples (padding is masked out).
+    strict_img_size: bool = True
+    # Memory savers (paper 3.5): recompute each block in the backward pass; attend to at most
+    # this many windows at a time (0 = all at once). Neither changes the result.
+    use_checkpoint: bool = False
+    attention_chunk_size: int = 0
+    # Dense tasks: forward returns the stage outputs listed in out_indices as NCHW maps.
+    features_only: bool = False
+    out_indices: tuple[int, ...] | None = None  # None: every stage
 
     def __post_init__(self) -> None:
         self.img_size = to_pair(self.img_size, "img_size")
         self.window_size = to_pair(self.window_size, "window_size")
         self.depths = tuple(int(d) for d in self.depths)
         self.num_heads = tuple(int(h) for h in self.num_heads)
-        if isinstance(self.pretrained_window_sizes, int):
-            self.pretrained_window_sizes = [self.pretrained_window_sizes] * len(self.depths)
+        if self.pretrained_window_sizes is None or isinstance(self.pretrained_window_sizes, int):
+            self.pretrained_window_sizes = [self.pretrained_window_sizes or 0] * len(self.depths)
         self.pretrained_window_sizes = tuple(
             to_pair(size, "pretrained_window_sizes") for size in self.pretrained_window_sizes
         )
+        if self.out_indices is None:
+            self.out_indices = range(len(self.depths))
+        self.out_indices = tuple(int(i) for i in self.out_indices)
         self.validate()
 
     @property
@@ -65,8 +85,7 @@ class SwinV2Config:
         return self.embed_dim * 2**stage
 
     def stage_resolution(self, stage: int) -> tuple[int, int]:
-        height, width = self.img_size
-        return (height // self.patch_size // 2**stage, width // self.patch_size // 2**stage)
+        return stage_resolution(self.img_size, self.patch_size, stage)
 
     def validate(self) -> None:
         if len(self.num_heads) != len(self.depths):
@@ -86,13 +105,24 @@ class SwinV2Config:
                 )
         if min(self.window_size) < 1 or self.patch_size < 1 or self.in_chans < 1:
             raise ConfigError("window_size, patch_size and in_chans must be positive")
+        if not set(self.out_indices) <= set(range(self.num_stages)) or not self.out_indices:
+            raise ConfigError(f"out_indices {list(self.out_indices)} must name stages 0..{self.num_stages - 1}")
+        if self.attention_chunk_size < 0:
+            raise ConfigError("attention_chunk_size must be 0 (all windows at once) or a positive window count")
         height, width = self.img_size
+        if min(height, width) < self.patch_size:
+            raise ConfigError(
+                f"img_size {height}x{width} is smaller than one {self.patch_size}x{self.patch_size} patch"
+            )
+        if not self.strict_img_size:
+            return  # every stage is padded to what it needs
         if height % self.patch_size or width % self.patch_size:
             raise ConfigError(
-                f"img_size {height}x{width} is not a multiple of patch_size {self.patch_size}"
+                f"img_size {height}x{width} is not a multiple of patch_size {self.patch_size}; "
+                "resize, or pass strict_img_size=False to pad"
             )
         minimum = self.patch_size * 2 ** (self.num_stages - 1)
-        if min(self.stage_resolution(self.num_stages - 1)) < 1:
+        if min(height, width) < minimum:
             raise ConfigError(
                 f"img_size {height}x{width} is too small: the last stage would have no tokens; "
                 f"the minimum is {minimum}x{minimum}"
@@ -102,14 +132,15 @@ class SwinV2Config:
             if stage < self.num_stages - 1 and (resolution[0] % 2 or resolution[1] % 2):
                 raise ConfigError(
                     f"img_size {height}x{width}: stage {stage} map {resolution[0]}x{resolution[1]} cannot be "
-                    f"merged 2x2; use an img_size divisible by {minimum}"
+                    f"merged 2x2; use an img_size divisible by {minimum}, or strict_img_size=False to pad"
                 )
             window = tuple(min(r, w) for r, w in zip(resolution, self.window_size))
             if resolution[0] % window[0] or resolution[1] % window[1]:
                 raise ConfigError(
                     f"img_size {height}x{width} with window_size {self.window_size[0]}: stage {stage} map "
                     f"{resolution[0]}x{resolution[1]} is not a multiple of the window; choose img_size so that "
-                    f"img_size/{self.patch_size}/2^stage divides by the window (e.g. 256 with window 8 or 16)"
+                    f"img_size/{self.patch_size}/2^stage divides by the window (e.g. 256 with window 8 or 16), "
+                    "or pass strict_img_size=False to pad"
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,4 +163,10 @@ class SwinV2Config:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown model arguments {unknown}; valid arguments are {sorted(known)}")
+        if "depths" in overrides:
+            # Per-stage fields still at their defaults follow the new number of stages.
+            if "pretrained_window_sizes" not in overrides and not any(map(any, self.pretrained_window_sizes)):
+                overrides["pretrained_window_sizes"] = None
+            if "out_indices" not in overrides and self.out_indices == tuple(range(self.num_stages)):
+                overrides["out_indices"] = None
         return dataclasses.replace(self, **overrides)

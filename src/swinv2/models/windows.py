@@ -3,6 +3,16 @@ from __future__ import annotations
 
 import torch
 
+# Added to the logits of padded keys. Logits are bounded (|cosine| / tau <= 100, bias <= 16), so this
+# drives their weight to exactly 0, while staying finite: an all-padding window still softmaxes to
+# numbers, and fp16 can hold it.
+PADDING_MASK_VALUE = -1.0e4
+
+
+def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
+    """The map rounded up to whole windows."""
+    return tuple(-(-r // w) * w for r, w in zip(resolution, window))
+
 
 def window_and_shift(
     resolution: tuple[int, int], window_size: tuple[int, int], shifted: bool
@@ -49,3 +59,24 @@ def shifted_window_mask(
     region_windows = window_partition(region[None, :, :, None].float(), window).squeeze(-1)  # (nW, N)
     different = region_windows[:, :, None] != region_windows[:, None, :]
     return torch.zeros(different.shape).masked_fill(different, -100.0)
+
+
+def window_attention_mask(
+    resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> torch.Tensor | None:
+    """Everything a block adds to its logits besides the position bias, (num_windows, N, N) or None:
+    the shift mask on the padded map, plus PADDING_MASK_VALUE on keys that are padding.
+
+    Padding goes at the bottom and right, before the roll, so it rolls with the map like real tokens."""
+    padded = padded_size(resolution, window)
+    shift_mask = shifted_window_mask(padded, window, shift)
+    if padded == tuple(resolution):
+        return shift_mask
+    valid = torch.zeros(padded)
+    valid[: resolution[0], : resolution[1]] = 1.0
+    valid = torch.roll(valid, shifts=(-shift[0], -shift[1]), dims=(0, 1))
+    valid_windows = window_partition(valid[None, :, :, None], window).squeeze(-1)  # (nW, N)
+    padding_mask = (1.0 - valid_windows[:, None, :]) * PADDING_MASK_VALUE  # (nW, 1, N): masks keys
+    tokens = window[0] * window[1]
+    padding_mask = padding_mask.expand(-1, tokens, -1)
+    return padding_mask if shift_mask is None else padding_mask + shift_mask
