@@ -13,7 +13,6 @@ $(BIN)/python:
 
 # torch first, pinned, so that nothing later lets pip pick a CUDA build by itself.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@

@@ -258,3 +258,17 @@ def test_memory_savers_give_identical_results(savers):
             # Chunks sum a parameter's gradient over windows in another order: float rounding only.
             scale = grads_a[name].abs().max().item()
             torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_features_only_model_loads_a_classifier_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    classifier = randomise(swinv2.SwinTransformerV2(img_size=64, window_size=4, **TINY))
+    swinv2.save_pretrained(classifier, tmp_path / "classifier")
+    backbone = swinv2.create_model("swinv2_tiny_window8_256", pretrained=tmp_path / "classifier", features_only=True,
+                                   img_size=64, window_size=4, **{k: v for k, v in TINY.items() if k != "num_classes"})
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        last_map = backbone.eval()(x)[-1]  # (1, 128, 2, 2)
+        # The classifier's logits are its head applied to the pooled, normalised last map.
+        pooled = classifier.norm(last_map.permute(0, 2, 3, 1)).mean(dim=(1, 2))
+        torch.testing.assert_close(classifier.head(pooled), classifier(x), rtol=1e-5, atol=1e-5)

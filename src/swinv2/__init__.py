@@ -1,4 +1,12 @@
 """Swin Transformer V2 and SimMIM, exact to the official weights."""
+from .checkpoints import (
+    convert_checkpoint,
+    export_state_dict,
+    from_pretrained,
+    load_pretrained,
+    read_checkpoint,
+    save_pretrained,
+)
 from .errors import CheckpointError, ConfigError, InputError, SwinV2Error
 from .models import (
     SwinTransformerV2,
@@ -12,5 +20,7 @@ from .models import (
 __version__ = "0.1.0"
 __all__ = [
     "SwinTransformerV2", "SwinV2Config", "create_model", "get_config", "list_models", "register_model",
+    "convert_checkpoint", "export_state_dict", "from_pretrained", "load_pretrained", "read_checkpoint",
+    "save_pretrained",
     "CheckpointError", "ConfigError", "InputError", "SwinV2Error",
 ]
