@@ -1,13 +1,15 @@
-"""`swinv2` command line: info, list, convert, demo. Run `swinv2 COMMAND --help` for each.
+"""`swinv2` command line: info, list, convert, demo, train, eval, predict. Run `swinv2 COMMAND --help` for each.
 
 Library errors (`SwinV2Error`) and file errors are printed as one line `error: ...` with exit status 2,
 the status argparse uses for a bad command line: both mean "the input was wrong", not "a bug"."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,6 +23,8 @@ from .models import create_model, list_models
 DEFAULT_MODEL = "swinv2_tiny_window8_256"
 SOURCE_LAYOUTS = ("auto", "project", "official", "timm", "hf", "simmim")
 TARGET_LAYOUTS = ("project", "official", "timm", "hf", "simmim")
+DATASET_KINDS = ("fashion-mnist", "folder", "list")
+CLASSIFIER_HELP = "a trained classifier directory (the model/ of a `swinv2 train` run)"
 
 
 # ------------------------------------------------------------------------------------- commands
@@ -108,6 +112,73 @@ def print_top_classes(logits: torch.Tensor, count: int) -> None:
         print(f"  {index:>5}: {probability:.4f}")
 
 
+def command_train(args: argparse.Namespace) -> None:
+    from .train.config import load_config
+    from .train.loop import train
+
+    source, overrides = args.config, list(args.overrides)
+    if source is not None and "=" in source:  # no config named: the first word was already an override
+        source, overrides = None, [source, *overrides]
+    config = load_config(source, overrides)
+    train(config, progress=False if args.no_progress else None)
+
+
+def command_eval(args: argparse.Namespace) -> None:
+    # Imported here: the data and training stack is more than the other commands need.
+    from .checkpoints.io import write_json
+    from .plots import plot_confusion
+    from .train.artifacts import load_classifier
+    from .train.evaluate import class_index_map, evaluate, format_report
+    from .train.precision import resolve_device, resolve_precision
+
+    model, classes, preprocessing = load_classifier(args.directory)
+    from .data import EvalPreprocess, build_dataset, make_loader  # after the model, which fails faster
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    dataset = build_dataset(args.dataset, args.path, split=args.split,
+                            load_size=eval_load_size(args.dataset, preprocessing), channels=preprocessing["channels"])
+    label_map = class_index_map(dataset.classes, classes)
+    loader = make_loader(dataset, args.batch_size, shuffle=False, num_workers=args.num_workers)
+    preprocess = EvalPreprocess(tuple(preprocessing["img_size"]), preprocessing["mean"], preprocessing["std"],
+                                preprocessing["crop_pct"]).to(device)
+    print(f"evaluating {args.directory} on {args.dataset} {args.split} ({len(dataset)} images, {device}, {precision})")
+    result = evaluate(model.to(device), loader, preprocess, device, precision, len(classes),
+                      progress=False if args.no_progress else None, label_map=label_map)
+    print(format_report(result, classes))
+
+    out = Path(args.out) if args.out else Path(args.directory) / f"eval-{args.split}"
+    plot_confusion(result.confusion, classes, out / "confusion.png")
+    source = {"model": str(args.directory), "dataset": args.dataset, "path": args.path, "split": args.split}
+    write_json({**source, **result.to_dict(classes)}, out / "metrics.json")
+    print(f"wrote {out / 'confusion.png'} and {out / 'metrics.json'}")
+
+
+def eval_load_size(dataset: str, preprocessing: dict[str, Any]) -> int | None:
+    """Image files are decoded at the size the evaluation resize makes, so that batches stack;
+    Fashion-MNIST's images all have one size already."""
+    if dataset == "fashion-mnist":
+        return None
+    return int(max(preprocessing["img_size"]) / preprocessing["crop_pct"])
+
+
+def command_predict(args: argparse.Namespace) -> None:
+    from .train.predict import predict
+
+    predictions = predict(args.checkpoint, args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps([
+            {"image": image, "predictions": [{"class": name, "probability": probability} for name, probability in top]}
+            for image, top in zip(args.images, predictions)
+        ], indent=2))
+        return
+    for image, top in zip(args.images, predictions):
+        width = max(len(name) for name, _ in top)
+        print(image)
+        for rank, (name, probability) in enumerate(top, start=1):
+            print(f"  {rank}. {name:<{width}}  {probability:.4f}")
+
+
 # ---------------------------------------------------------------------------------------- parser
 def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """The model name and the constructor overrides that `info` and `demo` share."""
@@ -166,6 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(demo, default=DEFAULT_MODEL)
     demo.add_argument("--pretrained", metavar="PATH", help="checkpoint to load (any supported layout)")
     demo.add_argument("--image", metavar="PATH", help="image file (default: scikit-image's chelsea photo)")
+
+    training = add_command(commands, "train", command_train,
+                           "train or fine-tune a classifier: a YAML config or a named recipe, plus overrides")
+    training.add_argument("config", nargs="?", metavar="CONFIG",
+                          help="a YAML file or a recipe name: fashion-mnist, imagenet-1k-scratch, imagenet-22k-to-1k")
+    training.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                          help="e.g. optim.base_lr=1e-3 run.batch_size=64 model.init_from=weights.pth")
+    training.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    evaluation = add_command(commands, "eval", command_eval,
+                             "top-1/top-5 and per-class accuracy of a trained classifier, and its confusion matrix PNG")
+    evaluation.add_argument("directory", metavar="DIR", help=CLASSIFIER_HELP)
+    evaluation.add_argument("--dataset", required=True, choices=DATASET_KINDS, help="how the images are stored")
+    evaluation.add_argument("--path", help="the dataset: IDX files' directory, class folders, or a list file "
+                                           "(fashion-mnist: default the Debian package's)")
+    evaluation.add_argument("--split", default="test", help="fashion-mnist: train or test (default test)")
+    evaluation.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch (default 256)")
+    evaluation.add_argument("--num-workers", type=int, default=0, metavar="N", help="loader processes (default 0)")
+    evaluation.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    evaluation.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                            help="autocast precision (default auto: bf16 on CPU, as training evaluates)")
+    evaluation.add_argument("--out", metavar="DIR", help="where confusion.png and metrics.json go "
+                                                         "(default DIR/eval-SPLIT)")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    prediction = add_command(commands, "predict", command_predict,
+                             "the most probable classes of images, from a trained classifier directory")
+    prediction.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    prediction.add_argument("--checkpoint", required=True, metavar="DIR", help=CLASSIFIER_HELP)
+    prediction.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    prediction.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -179,7 +281,13 @@ def show_warning(message: Any, *_: Any, **__: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `train` takes SECTION.KEY=VALUE words anywhere, also after options such as --no-progress.
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "function", None) is command_train and all("=" in word for word in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         try:

@@ -15,3 +15,7 @@ class InputError(SwinV2Error):
 
 class CheckpointError(SwinV2Error):
     """A file that is not a usable checkpoint, or one that does not fit the model."""
+
+
+class DataError(SwinV2Error):
+    """A dataset that cannot be used (missing path, empty class folder, no images, corrupt IDX file)."""
