@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-test: setup
+test: setup fashion-mnist
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
 # The main job: train a small SwinV2 on Fashion-MNIST (Debian's dataset-fashion-mnist, installed when missing).

@@ -103,3 +103,21 @@ def test_bad_training_input_stops_before_training(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert main(["train", "optim.base_lr=fast"]) == 2
     assert "optim.base_lr" in capsys.readouterr().err
+
+
+def test_fine_tune_from_a_checkpoint_at_another_resolution(folder, tmp_path, capsys):
+    """--init-from: the first run's weights, trained at 16 px, start a run at 32 px with window 8;
+    its first evaluation is already far above chance, which random weights cannot be."""
+    first = train(folder_config(folder, tmp_path, "run.name=first"))
+    assert first.test.top1 >= 90.0
+    arguments = ["train", "--no-progress", "--init-from", str(first.model_dir),
+                 "data.dataset=folder", f"data.train_path={folder / 'train'}", f"data.val_path={folder / 'val'}",
+                 "data.load_size=32", "data.crop_pct=1.0", "data.num_workers=0", "augment.randaugment=null",
+                 "augment.mixup=0.0", "augment.cutmix=0.0", "augment.random_erasing=0.0", "augment.color_jitter=0.0",
+                 "optim.base_lr=1e-9", "schedule.epochs=1", "schedule.warmup_epochs=0", "run.batch_size=16",
+                 "run.precision=fp32", f"run.output_dir={tmp_path}", "run.name=second", *TINY_MODEL,
+                 "model.overrides.img_size=32", "model.overrides.window_size=8"]
+    assert main(arguments) == 0
+    output = capsys.readouterr().out
+    accuracy = float(re.search(r"^test accuracy: (\d+\.\d\d)%", output, re.MULTILINE).group(1))
+    assert accuracy >= 90.0  # lr 1e-9: the accuracy is the transferred weights', at twice the resolution

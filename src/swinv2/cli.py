@@ -119,6 +119,8 @@ def command_train(args: argparse.Namespace) -> None:
     source, overrides = args.config, list(args.overrides)
     if source is not None and "=" in source:  # no config named: the first word was already an override
         source, overrides = None, [source, *overrides]
+    if args.init_from:
+        overrides.append(f"model.init_from={args.init_from}")
     config = load_config(source, overrides)
     train(config, progress=False if args.no_progress else None)
 
@@ -244,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a YAML file or a recipe name: fashion-mnist, imagenet-1k-scratch, imagenet-22k-to-1k")
     training.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
                           help="e.g. optim.base_lr=1e-3 run.batch_size=64 model.init_from=weights.pth")
+    training.add_argument("--init-from", metavar="CHECKPOINT",
+                          help="fine-tune from any checkpoint create_model reads (official, timm, HF, SimMIM, a run's "
+                               "model/), also at another resolution or window; same as model.init_from=...")
     training.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     evaluation = add_command(commands, "eval", command_eval,
