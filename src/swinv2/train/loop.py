@@ -76,6 +76,8 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     """Train or fine-tune as `config` says; returns where everything was written and the final test metrics."""
     started = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
+    device = resolve_device(config.run.device)  # before anything is written: a bad device leaves no run behind
+    precision = resolve_precision(config.run.precision, device)
     run_dir = Path(config.run.output_dir) / config.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = config_to_yaml(config)
@@ -83,8 +85,6 @@ def train(config: TrainConfig, progress: bool | None = None) -> TrainResult:
     print(f"resolved configuration (saved to {run_dir / 'config.yaml'}):\n{resolved}")
 
     seed_everything(config.run.seed)
-    device = resolve_device(config.run.device)
-    precision = resolve_precision(config.run.precision, device)
     data = config.data
     train_set = build_dataset(data.dataset, data.train_path, split="train", load_size=data.load_size, channels=data.channels)
     test_set = build_dataset(data.dataset, data.val_path, split="test", load_size=data.load_size, channels=data.channels)
