@@ -19,7 +19,6 @@ from swinv2.data import (
     make_loader,
     read_idx,
 )
-from swinv2.data.datasets import FASHION_MNIST_DIR
 from swinv2.errors import DataError
 
 

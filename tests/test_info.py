@@ -1,6 +1,5 @@
 """`swinv2.info`: parameter and FLOP counts against hand computations and the official numbers."""
 import pytest
-import torch
 
 from swinv2 import SwinTransformerV2, SwinV2Config
 from swinv2 import info

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from transformers import Swinv2Backbone, Swinv2Config, Swinv2ForImageClassification

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from .blocks import PatchEmbed, PatchMerging, SwinTransformerV2Block
 from .config import SwinV2Config, to_pair
 
