@@ -78,8 +78,11 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 def to_normalized_tensor(
     image: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
 ) -> torch.Tensor:
-    """PIL RGB image -> float32 tensor (3, H, W): pixels / 255, then (x - mean) / std per channel."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    """PIL RGB (or L) image -> float32 tensor (3 (or 1), H, W): pixels / 255, then (x - mean) / std per channel."""
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if pixels.ndim == 2:  # a one-channel (L) image
+        pixels = pixels[:, :, None]
+    pixels = torch.from_numpy(pixels).permute(2, 0, 1)
     mean_tensor = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     std_tensor = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
     return (pixels - mean_tensor) / std_tensor

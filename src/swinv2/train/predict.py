@@ -9,11 +9,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import ImageSource, center_crop, load_image, resize_shorter_side
+from ..data.images import ImageSource, center_crop, load_image, resize_shorter_side, to_normalized_tensor
 from ..errors import InputError
 from .artifacts import load_classifier, size_pair
 
@@ -66,7 +65,7 @@ def preprocess_image(image: ImageSource, preprocessing: Mapping[str, Any]) -> to
         picture = picture.convert("L")  # ITU-R 601 luma, as Pillow converts
     picture = resize_shorter_side(picture, int(height / preprocessing["crop_pct"]))
     picture = center_crop(picture, height)
-    return normalise(picture, preprocessing["mean"], preprocessing["std"])
+    return to_normalized_tensor(picture, tuple(preprocessing["mean"]), tuple(preprocessing["std"]))
 
 
 def read_picture(image: ImageSource) -> Image.Image:
@@ -75,12 +74,3 @@ def read_picture(image: ImageSource) -> Image.Image:
         return load_image(image)
     except OSError as error:
         raise InputError(f"cannot read image {image}: {error}") from None
-
-
-def normalise(picture: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """L or RGB image -> (C, H, W) float32: pixels / 255, then (x - mean) / std per channel."""
-    pixels = np.asarray(picture, dtype=np.float32) / 255.0
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    tensor = torch.from_numpy(pixels).permute(2, 0, 1)
-    return (tensor - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
