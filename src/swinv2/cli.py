@@ -1,4 +1,4 @@
-"""`swinv2` command line: info, list, convert, demo, train, eval, predict. Run `swinv2 COMMAND --help` for each.
+"""`swinv2` command line: info, list, convert, demo, train, pretrain, eval, predict. Run `swinv2 COMMAND --help` for each.
 
 Library errors (`SwinV2Error`) and file errors are printed as one line `error: ...` with exit status 2,
 the status argparse uses for a bad command line: both mean "the input was wrong", not "a bug"."""
@@ -113,16 +113,37 @@ def print_top_classes(logits: torch.Tensor, count: int) -> None:
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from .train.config import load_config
+    from .train.config import TrainConfig
     from .train.loop import train
+
+    train(training_config(args, TrainConfig), progress=False if args.no_progress else None)
+
+
+def command_pretrain(args: argparse.Namespace) -> None:
+    from .train.config import PretrainConfig
+    from .train.pretrain import pretrain
+
+    pretrain(training_config(args, PretrainConfig), progress=False if args.no_progress else None)
+
+
+def training_config(args: argparse.Namespace, kind: type) -> Any:
+    """The configuration `train` and `pretrain` run: CONFIG plus overrides, --init-from and --resume."""
+    from .train.config import load_config
+    from .train.loop import resume_config
 
     source, overrides = args.config, list(args.overrides)
     if source is not None and "=" in source:  # no config named: the first word was already an override
         source, overrides = None, [source, *overrides]
     if args.init_from:
         overrides.append(f"model.init_from={args.init_from}")
-    config = load_config(source, overrides)
-    train(config, progress=False if args.no_progress else None)
+    if args.resume and source is None:
+        # --resume DIR alone: the run continues with the configuration saved in its checkpoint.
+        return resume_config(args.resume, overrides, kind)
+    config = load_config(source, overrides, kind)
+    if args.resume is not None:
+        # A bare --resume continues this configuration's own run directory.
+        config.run.resume = args.resume or str(Path(config.run.output_dir) / config.run.name)
+    return config
 
 
 def command_eval(args: argparse.Namespace) -> None:
@@ -181,6 +202,12 @@ def command_predict(args: argparse.Namespace) -> None:
             print(f"  {rank}. {name:<{width}}  {probability:.4f}")
 
 
+def command_benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import run_from_args
+
+    run_from_args(args, progress=lambda case: print(f"measuring {case} ...", file=sys.stderr, flush=True))
+
+
 # ---------------------------------------------------------------------------------------- parser
 def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """The model name and the constructor overrides that `info` and `demo` share."""
@@ -193,6 +220,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = N
     parser.add_argument("--pretrained-window-sizes", type=int, nargs="+", metavar="N",
                         help="window each stage was pre-trained with, one per stage (0 = own window)")
     parser.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (0 = no head)")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, recipes: str, init_from: str) -> None:
+    """CONFIG, overrides, --init-from, --resume and --no-progress: what `train` and `pretrain` take."""
+    parser.add_argument("config", nargs="?", metavar="CONFIG", help=f"a YAML file or a recipe name: {recipes}")
+    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                        help="e.g. optim.base_lr=1e-3 run.batch_size=64 model.init_from=weights.pth")
+    parser.add_argument("--init-from", metavar="CHECKPOINT", help=init_from)
+    parser.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                        help="continue an interrupted run exactly: from PATH (a run directory, its checkpoints/ or a "
+                             "checkpoint file), or without PATH from this configuration's run directory. Without "
+                             "CONFIG the checkpoint's own configuration is used")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,14 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = add_command(commands, "train", command_train,
                            "train or fine-tune a classifier: a YAML config or a named recipe, plus overrides")
-    training.add_argument("config", nargs="?", metavar="CONFIG",
-                          help="a YAML file or a recipe name: fashion-mnist, imagenet-1k-scratch, imagenet-22k-to-1k")
-    training.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
-                          help="e.g. optim.base_lr=1e-3 run.batch_size=64 model.init_from=weights.pth")
-    training.add_argument("--init-from", metavar="CHECKPOINT",
-                          help="fine-tune from any checkpoint create_model reads (official, timm, HF, SimMIM, a run's "
-                               "model/), also at another resolution or window; same as model.init_from=...")
-    training.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training_arguments(
+        training, "fashion-mnist, imagenet-1k-scratch, imagenet-22k-to-1k",
+        "fine-tune from any checkpoint create_model reads (official, timm, HF, SimMIM, a run's model/), also at "
+        "another resolution or window; from a SimMIM checkpoint optim.layer_decay auto is 0.75; same as "
+        "model.init_from=...")
+
+    pretraining = add_command(commands, "pretrain", command_pretrain,
+                              "SimMIM self-supervised pre-training (no labels): a YAML config or a named recipe, "
+                              "plus overrides; fine-tune the result with `swinv2 train --init-from`")
+    add_training_arguments(pretraining, "simmim-fashion-mnist, simmim-swinv2-base-192",
+                           "continue from a SimMIM checkpoint (official layout, or a pre-training run's "
+                           "model/simmim.pth); same as model.init_from=...")
 
     evaluation = add_command(commands, "eval", command_eval,
                              "top-1/top-5 and per-class accuracy of a trained classifier, and its confusion matrix PNG")
@@ -273,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     prediction.add_argument("--checkpoint", required=True, metavar="DIR", help=CLASSIFIER_HELP)
     prediction.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (default 5)")
     prediction.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from .benchmark import add_arguments as add_benchmark_arguments
+
+    benchmark = add_command(commands, "benchmark", command_benchmark,
+                            "images/s and GFLOP/s of inference and training steps, against Hugging Face's Swinv2")
+    add_benchmark_arguments(benchmark)
     return parser
 
 
@@ -289,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # `train` takes SECTION.KEY=VALUE words anywhere, also after options such as --no-progress.
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "function", None) is command_train and all("=" in word for word in extra):
+    takes_overrides = getattr(args, "function", None) in (command_train, command_pretrain)
+    if extra and takes_overrides and all("=" in word for word in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -206,3 +206,77 @@ def show_image(axes: Axes, image: torch.Tensor) -> None:
         axes.imshow(image[:3].permute(1, 2, 0).numpy())
     axes.set_xticks([])
     axes.set_yticks([])
+
+
+# ----------------------------------------------------------------------------------- reconstructions
+RECONSTRUCTION_ROWS = ("original", "masked", "reconstruction")
+RECONSTRUCTION_CELL = 1.6  # inches per image
+MASKED_GREY = 0.5  # the colour masked pixels are shown in, on the 0..1 scale
+
+
+def reconstruction_size(count: int) -> tuple[float, float]:
+    """Inches of the reconstruction grid: one column per image, three rows, a line for the title."""
+    return RECONSTRUCTION_CELL * count + 0.4, RECONSTRUCTION_CELL * len(RECONSTRUCTION_ROWS) + 0.5
+
+
+def to_display(images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
+    """Normalised (B, C, H, W) -> 0..1 pixels: undo (x - mean) / std per channel, then clip."""
+    images = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        images = images * torch.as_tensor(std, dtype=torch.float32).view(shape) + torch.as_tensor(
+            mean, dtype=torch.float32).view(shape)
+    return images.clamp(0.0, 1.0)
+
+
+def plot_reconstructions(
+    images: torch.Tensor,
+    mask: torch.Tensor,
+    reconstructions: torch.Tensor,
+    png: str | os.PathLike,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    max_images: int = 8,
+    title: str | None = None,
+) -> Path:
+    """SimMIM's picture: one column per image, rows original / masked / reconstruction.
+
+    `images` and `reconstructions` are (B, C, H, W) in the same space (e.g. `SimMIM.reconstruct`'s
+    output for `images`), normalised with per-channel `mean` and `std` (pass them to undo it; without
+    them the values are taken as 0..1 pixels). `mask` is (B, h, w) at token or mask-patch resolution,
+    1 = masked. The masked row shows masked pixels grey; the reconstruction row shows the prediction
+    on masked pixels and the original elsewhere, since only masked pixels are trained.
+    The PNG is `reconstruction_size(columns)` inches at DPI dots per inch."""
+    count = min(len(images), max_images)
+    if count < 1:
+        raise ValueError("plot_reconstructions needs at least one image")
+    originals = to_display(images[:count], mean, std)
+    predicted = to_display(reconstructions[:count], mean, std)
+    if predicted.shape != originals.shape:
+        raise ValueError(f"reconstructions {tuple(predicted.shape)} must have the shape of the images "
+                         f"{tuple(originals.shape)}")
+    mask = torch.as_tensor(mask[:count]).detach().cpu()
+    height, width = originals.shape[-2:]
+    if mask.ndim != 3 or height % mask.shape[1] or width % mask.shape[2] or height // mask.shape[1] != width // mask.shape[2]:
+        raise ValueError(f"the mask (B, h, w) must divide the {height}x{width} images evenly, got {tuple(mask.shape)}")
+    scale = height // mask.shape[1]
+    masked = mask.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2).unsqueeze(1).bool()  # (B, 1, H, W)
+    rows = (originals, torch.where(masked, MASKED_GREY, originals), torch.where(masked, predicted, originals))
+
+    figure = Figure(figsize=reconstruction_size(count), layout="constrained")
+    masked_share = float(masked.float().mean())
+    figure.suptitle(title or f"SimMIM reconstructions ({masked_share:.0%} of pixels masked)")
+    grid = figure.subplots(len(RECONSTRUCTION_ROWS), count, squeeze=False)
+    for row, (name, pictures) in enumerate(zip(RECONSTRUCTION_ROWS, rows)):
+        for column in range(count):
+            axes = grid[row, column]
+            picture = pictures[column]
+            if picture.shape[0] == 1:
+                axes.imshow(picture[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                axes.imshow(picture[:3].permute(1, 2, 0).numpy())
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if column == 0:
+                axes.set_ylabel(name)
+    return save(figure, png)

@@ -113,6 +113,8 @@ def refuse_for_hf(config: SwinV2Config) -> None:
         problems.append("the absolute position embedding (its (1, N+1, C) embedding breaks its forward)")
     if config.extra_norm_period:
         problems.append("the SwinV2-H/G main-branch LayerNorm (main_branch_norm)")
+    if (config.norm, config.attention, config.position_bias) != ("res_post", "cosine", "cpb_log"):
+        problems.append("the Swin v1 / ablation switches (norm, attention, position_bias)")
     if not config.patch_norm:
         problems.append("patch_norm=False (it always normalises the patch embedding)")
     if problems:

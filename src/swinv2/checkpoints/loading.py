@@ -18,8 +18,14 @@ from torch import nn
 from ..errors import CheckpointError
 from ..models import SwinTransformerV2
 from .configs import infer_config, project_config_json
-from .io import read_checkpoint, write_directory
-from .layouts import detect_layout, to_project
+from .io import (
+    TORCH_SUFFIXES,
+    read_checkpoint,
+    write_directory,
+    write_safetensors,
+    write_torch,
+)
+from .layouts import detect_layout, join_simmim, split_simmim, to_project
 
 HEAD_KEYS = ("head.weight", "head.bias")  # (classes, 8C), (classes,)
 
@@ -122,6 +128,8 @@ def shape(tensor: torch.Tensor) -> str:
 
 def structure_hint(state: Mapping[str, torch.Tensor]) -> str:
     """What the checkpoint's shapes say, so that the user can build a model that matches."""
+    if "encoder.patch_embed.proj.weight" in state:  # SimMIM: the backbone sits under `encoder.`
+        state = {key.removeprefix("encoder."): value for key, value in state.items()}
     try:
         found = infer_config(state)
     except CheckpointError:
@@ -150,3 +158,47 @@ def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> SwinTrans
     model = SwinTransformerV2(config.replace(**overrides))
     load_state_dict_into(model, state, reset_head="num_classes" in overrides)
     return model
+
+
+# ------------------------------------------------------------------------------------ SimMIM
+def load_simmim_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load an official-layout SimMIM state dict (ours or the official release's: buffers and `rpe_mlp`
+    names are handled as for the backbone) into a `SimMIM` model, strictly, with one report.
+
+    Window buffers are rebuilt by the model, so the checkpoint may come from another window size."""
+    layout = detect_layout(state_dict)
+    if layout != "simmim":
+        raise CheckpointError(
+            f"this is a {layout}-layout checkpoint, not a SimMIM one (no encoder.mask_token or decoder.0); "
+            "to fine-tune from it use create_model(name, pretrained=path); a SimMIM model loads only SimMIM "
+            "pre-training checkpoints"
+        )
+    encoder, extras = split_simmim(state_dict)
+    state = join_simmim(encoder, extras)  # the official names with `encoder.`, without buffers
+    check_fits(state, model.state_dict(), layout)
+    model.load_state_dict(state, strict=True)
+
+
+def load_simmim(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Read a SimMIM checkpoint file into `model` (see `load_simmim_state_dict`)."""
+    state, _ = read_checkpoint(path)
+    load_simmim_state_dict(model, state)
+    return model
+
+
+def save_simmim(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write a `SimMIM` model in the official SimMIM layout, atomically: `{'model': state_dict}` in a
+    torch file (.pth/.pt/.bin/.ckpt), or the bare state dict in a .safetensors file.
+
+    The official pre-training code and `create_model(name, pretrained=path)` (fine-tuning) read it."""
+    path = Path(path)
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        write_safetensors(state, path)
+    elif path.suffix in TORCH_SUFFIXES:
+        write_torch({"model": state}, path)
+    else:
+        raise CheckpointError(
+            f"cannot tell the file type of {path}: name it .safetensors or {'/'.join(TORCH_SUFFIXES)} (torch)"
+        )
+    return path

@@ -20,10 +20,12 @@ from .images import (
     evaluation_transform,
     load_image,
 )
+from .masking import MaskGenerator
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "EvaluationTransform", "evaluation_transform", "load_image",
     "DATASET_STATS", "FASHION_MNIST_CLASSES", "Batch", "FashionMNIST", "ImageFolder", "ImageList",
     "SkippedImageWarning", "build_dataset", "collate", "make_loader", "read_idx",
     "EvalPreprocess", "MixupCutmix", "RandomErasing", "TrainAugmentation", "soft_target_cross_entropy",
+    "MaskGenerator",
 ]

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..errors import DataError
 from .images import IMAGENET_MEAN, IMAGENET_STD, center_crop, resize_shorter_side
@@ -382,22 +382,84 @@ def is_in_memory(dataset: Dataset) -> bool:
     return bool(getattr(dataset, "in_memory", False))
 
 
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices for one epoch, for one process of `world_size`.
+
+    The epoch's order is a function of (seed, epoch) alone, not of how many epochs this process has
+    already run, so a resumed run sees the same order as one that never stopped; `set_epoch(epoch,
+    start_batch)` also skips the batches a checkpoint says were consumed. Process `rank` takes every
+    `world_size`-th index of the shared order, so the union of the processes' k-th batches is the k-th
+    batch of one process with world_size times the batch: a single process is the case world_size 1.
+    With drop_last the epoch is cut to whole batches on every process; without it, the order wraps
+    around so that every process gets the same number of batches (as torch's DistributedSampler)."""
+
+    def __init__(self, length: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside the {world_size} processes of this run")
+        self.length, self.batch_size, self.shuffle, self.seed = length, batch_size, shuffle, seed
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next iteration yields epoch `epoch`'s batches from `start_batch` on."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise DataError(f"start batch {start_batch} is outside the {self.batches_per_epoch} batches of an epoch")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def per_process(self) -> int:
+        """Indices each process takes from an epoch."""
+        if self.drop_last:
+            return self.length // self.world_size // self.batch_size * self.batch_size
+        return -(-self.length // self.world_size)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.per_process // self.batch_size)
+
+    def epoch_order(self) -> torch.Tensor:
+        """Every process's indices of this epoch, interleaved: process r takes positions r, r + world_size, ..."""
+        if not self.shuffle:
+            return torch.arange(self.length)
+        # SeedSequence mixes (seed, epoch) into one well-spread 32-bit seed (torch's CPU generator only
+        # uses 32 bits of its seed, so packing both numbers into one integer would lose the seed).
+        mixed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(mixed)
+        return torch.randperm(self.length, generator=generator)
+
+    def __iter__(self):
+        order = self.epoch_order()
+        span = self.per_process * self.world_size
+        if span > len(order):  # without drop_last: wrap around so that every process has as many
+            order = order.repeat(-(-span // max(len(order), 1)))
+        mine = order[:span][self.rank::self.world_size].tolist()
+        for index in range(self.start_batch, self.batches_per_epoch):
+            yield mine[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader of Batches; shuffling is seeded, so a run's order is repeatable.
+                drop_last: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader of Batches over an `EpochBatchSampler` (`loader.batch_sampler`): the order is seeded,
+    repeatable per epoch, and sharded over `world_size` processes; call `loader.batch_sampler.set_epoch`
+    before each epoch.
 
     In-memory datasets are read in the main process whatever `num_workers` says: a batch is one
     index operation, and worker processes would only add inter-process copies."""
-    if batch_size < 1:
-        raise DataError(f"batch_size must be at least 1, got {batch_size}")
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, rank, world_size)
     workers = 0 if is_in_memory(dataset) else num_workers
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+        batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
+        # The loader draws its workers' base seed from this generator; without one it would draw from
+        # torch's global generator and shift the augmentation's random numbers on every new epoch.
         generator=torch.Generator().manual_seed(seed),
-        drop_last=drop_last,
         persistent_workers=workers > 0,  # decoding workers stay up between epochs instead of restarting
     )

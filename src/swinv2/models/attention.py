@@ -2,6 +2,13 @@
 
     Sim(q_i, k_j) = cos(q_i, k_j) / tau + B_ij,   tau = 1 / exp(min(logit_scale, ln 100)) >= 0.01
     B = 16 * sigmoid(MLP(log-spaced offsets))
+
+Both implementations normalise q and k with 1/tau folded into q, and add one (nW, heads, N, N) term, the
+position bias plus the shift/padding mask, cached while the weights it comes from do not change (inference);
+they differ in the kernel (docs/performance.md has the measurements):
+- "plain": softmax(q @ k^T + bias) @ v in matmuls, the reference;
+- "sdpa": F.scaled_dot_product_attention with the bias as its additive mask and scale 1.
+"auto" picks "sdpa" where the fused kernels are faster and "plain" where they are not (`use_sdpa`).
 """
 from __future__ import annotations
 
@@ -10,11 +17,35 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import flop_counter
 
 from .position_bias import relative_coordinates_table, relative_position_index
 
 # A Python float, not a tensor: a CPU tensor bound breaks on CUDA and under graph capture.
 MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+
+# FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel, and would count the
+# attention products as 0 FLOPs (`swinv2 info`, the benchmark): give it the formulas of the CUDA ones.
+for operator, formula in ((torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, flop_counter.sdpa_flop),
+                          (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward,
+                           flop_counter.sdpa_backward_flop)):
+    if operator not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(operator)(formula.__wrapped__)
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "plain")
+# The paper's ablations (Tables 1 and 6): Swin v1's dot-product attention and parameterised bias table
+# beside v2's cosine attention and continuous position bias, on linear or log-spaced offsets.
+ATTENTION_KINDS = ("cosine", "dot")
+POSITION_BIASES = ("cpb_log", "cpb_linear", "table")
+
+
+def rows_for_windows(table: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """The rows of a per-window table (n, ...) for windows start..stop, window i using row i % n.
+    The table itself where that is the same thing (one row, or a chunk of whole images)."""
+    rows = table.shape[0]
+    if rows == 1 or (start % rows == 0 and (stop - start) % rows == 0):
+        return table
+    return table[torch.arange(start, stop, device=table.device) % rows]
 
 
 class WindowAttention(nn.Module):
@@ -30,16 +61,38 @@ class WindowAttention(nn.Module):
         proj_drop: float = 0.0,
         pretrained_window_size: tuple[int, int] = (0, 0),
         chunk_size: int = 0,
+        attention_impl: str = "auto",
+        attention: str = "cosine",
+        position_bias: str = "cpb_log",
     ) -> None:
         super().__init__()
+        for name, value, choices in (("attention_impl", attention_impl, ATTENTION_IMPLEMENTATIONS),
+                                     ("attention", attention, ATTENTION_KINDS),
+                                     ("position_bias", position_bias, POSITION_BIASES)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         self.dim = dim
         self.num_heads = num_heads
         self.chunk_size = chunk_size  # sequential self-attention: windows per chunk, 0 = all at once
-        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
-        # The continuous position bias: offsets (dh, dw) -> one bias per head.
-        self.cpb_mlp = nn.Sequential(
-            nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False)
-        )
+        self.attention_impl = attention_impl
+        self.attention = attention
+        self.position_bias_kind = position_bias
+        if attention == "cosine":
+            self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        else:  # Swin v1: q . k scaled by a fixed head_dim^-0.5, no learnt temperature
+            self.logit_scale = None
+        if position_bias == "table":
+            # Swin v1: one learnt bias per head and relative offset, bicubic-resized when the window changes.
+            # Initialised trunc-normal(.02) with the other weights (init_weights), as v1.
+            self.bias_table_size = (2 * window_size[0] - 1, 2 * window_size[1] - 1)
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(math.prod(self.bias_table_size), num_heads))
+            self.cpb_mlp = None
+        else:
+            # The continuous position bias: offsets (dh, dw) -> one bias per head.
+            self.relative_position_bias_table = None
+            self.cpb_mlp = nn.Sequential(
+                nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False)
+            )
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         if qkv_bias:
             # Keys get no bias: it would add the same amount to every logit of a query.
@@ -50,47 +103,127 @@ class WindowAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # (tensors it was computed from, their (version, address, dtype, device), the additive mask); see logit_bias
+        self.bias_cache: tuple | None = None
         self.set_window_size(window_size, pretrained_window_size)
 
     def set_window_size(self, window_size: tuple[int, int], pretrained_window_size: tuple[int, int]) -> None:
         """Rebuild the coordinate table and index for a new window; the MLP weights carry over."""
         self.window_size = tuple(window_size)
         self.pretrained_window_size = tuple(pretrained_window_size)
-        device = self.logit_scale.device
-        self.register_buffer(
-            "relative_coords_table",
-            relative_coordinates_table(self.window_size, self.pretrained_window_size).to(device),
-            persistent=False,
-        )
+        device = self.qkv.weight.device
+        if self.relative_position_bias_table is not None:
+            self.resize_bias_table(self.window_size)
+            self.relative_coords_table = None
+        else:
+            spacing = "log" if self.position_bias_kind == "cpb_log" else "linear"
+            self.register_buffer(
+                "relative_coords_table",
+                relative_coordinates_table(self.window_size, self.pretrained_window_size, spacing).to(device),
+                persistent=False,
+            )
         self.register_buffer(
             "relative_position_index", relative_position_index(self.window_size).to(device), persistent=False
         )
+        self.bias_cache = None  # new buffers would miss the cache anyway; this frees it now
+
+    @torch.no_grad()
+    def resize_bias_table(self, window: tuple[int, int]) -> None:
+        """Swin v1's transfer to another window: the (2Wh-1)(2Ww-1) x heads table, viewed as a
+        (heads, 2Wh-1, 2Ww-1) image, resized bicubically."""
+        table = self.relative_position_bias_table
+        size = (2 * window[0] - 1, 2 * window[1] - 1)
+        if size == self.bias_table_size:
+            return
+        image = table.t().reshape(1, self.num_heads, *self.bias_table_size)  # (1, heads, 2Wh'-1, 2Ww'-1)
+        image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False)
+        resized = image.reshape(self.num_heads, -1).t().to(table.dtype)
+        self.relative_position_bias_table = nn.Parameter(resized.contiguous(), requires_grad=table.requires_grad)
+        self.bias_table_size = size
+
+    def bias_parameters(self) -> list[torch.Tensor]:
+        """The learnt tensors the position bias comes from."""
+        if self.cpb_mlp is None:
+            return [self.relative_position_bias_table]
+        return list(self.cpb_mlp.parameters())
 
     def position_bias(self) -> torch.Tensor:
-        """(heads, N, N): 16 * sigmoid of the MLP's bias, gathered for every query-key pair."""
-        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)  # ((2Wh-1)(2Ww-1), heads)
+        """(heads, N, N): the bias of every query-key pair. v2: 16 * sigmoid of the MLP's output for the
+        pair's offset (bounded, so a new window's offsets cannot blow it up); v1: the table entry itself."""
+        if self.cpb_mlp is None:
+            table = self.relative_position_bias_table  # ((2Wh-1)(2Ww-1), heads)
+        else:
+            table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
         tokens = self.window_size[0] * self.window_size[1]
-        bias = table[self.relative_position_index.view(-1)].view(tokens, tokens, self.num_heads)
-        return 16 * torch.sigmoid(bias.permute(2, 0, 1))
+        bias = table[self.relative_position_index.view(-1)].view(tokens, tokens, self.num_heads).permute(2, 0, 1)
+        return bias if self.cpb_mlp is None else 16 * torch.sigmoid(bias)
+
+    def logit_bias(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """(nW or 1, heads, N, N) in `dtype`: the position bias plus the mask, the one term added to the logits.
+
+        Cached when nothing needs its gradient: it depends only on the CPB MLP's weights, the coordinate
+        table, the index and the mask, so it stays valid until one of them changes. A change shows in the
+        tensor's version counter (in-place updates: load_state_dict, optimiser steps, `with no_grad: w += ..`),
+        its storage address (.to(), new .data) or its identity (set_input_size: new buffers, new
+        Parameters); the cache compares all three, and holds the tensors so that an address cannot be reused."""
+        sources = [*self.bias_parameters(), self.relative_position_index]
+        if self.relative_coords_table is not None:
+            sources.append(self.relative_coords_table)
+        if mask is not None:
+            sources.append(mask)
+        needs_graph = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in sources)
+        if (needs_graph or torch.compiler.is_compiling() or self.qkv.weight.device.type == "meta"
+                or any(tensor.is_inference() for tensor in sources)):
+            # Part of the autograd graph, traced into a compiled one, or shapes only: computed each call.
+            return self.combine(mask, dtype)
+        device_type = self.qkv.weight.device.type
+        autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        key = (dtype, autocast, torch.is_inference_mode_enabled(),
+               *((tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device) for tensor in sources))
+        cache = self.bias_cache
+        if cache is None or len(cache[0]) != len(sources) or any(a is not b for a, b in zip(cache[0], sources)) \
+                or cache[1] != key:
+            cache = self.bias_cache = (sources, key, self.combine(mask, dtype))
+        return cache[2]
+
+    def combine(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        bias = self.position_bias()  # (heads, N, N)
+        bias = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW or 1, heads, N, N)
+        return bias.to(dtype).contiguous()  # attend_sdpa views it as (1, nW * heads, N, N)
+
+    def use_sdpa(self, x: torch.Tensor) -> bool:
+        """The implementation for this call. "auto": the fused kernel on CUDA (its memory-efficient kernel
+        also returns the mask's gradient); on the CPU only when the mask needs no gradient (inference,
+        or a frozen CPB MLP): the CPU flash kernel cannot return one, and its fallback is slower than the
+        plain path; the reference elsewhere (e.g. the meta device, where FLOPs are counted)."""
+        if self.attention_impl != "auto":
+            return self.attention_impl == "sdpa"
+        if x.device.type == "cuda":
+            return True
+        if x.device.type != "cpu":
+            return False
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.bias_parameters()))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B * nW, N, C); mask: (nW, N, N) additive (shift and padding) or None; window i uses mask[i % nW]."""
-        bias = self.position_bias()
+        fused = self.use_sdpa(x)
+        # The kernels take a mask in the dtype of q, k, v; the plain path adds it to the logits in fp32.
+        dtype = x.dtype
+        if fused and x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        bias = self.logit_bias(mask, dtype)  # (nW or 1, heads, N, N): position bias + mask
         windows = x.shape[0]
         if self.chunk_size == 0 or windows <= self.chunk_size:
-            return self.attend(x, bias, mask)
+            return self.attend(x, bias, fused)
         # Sequential self-attention (paper 3.5): the (windows, heads, N, N) logits of one chunk at a time.
         outputs = []
         for start in range(0, windows, self.chunk_size):
             stop = min(start + self.chunk_size, windows)
-            chunk_mask = None
-            if mask is not None:
-                chunk_mask = mask[torch.arange(start, stop, device=mask.device) % mask.shape[0]]
-            outputs.append(self.attend(x[start:stop], bias, chunk_mask))
+            outputs.append(self.attend(x[start:stop], rows_for_windows(bias, start, stop), fused))
         return torch.cat(outputs)
 
-    def attend(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Attention of (windows, N, C) given the (heads, N, N) position bias."""
+    def attend(self, x: torch.Tensor, bias: torch.Tensor, fused: bool) -> torch.Tensor:
+        """Attention of (windows, N, C) given the additive (nW or 1, heads, N, N) bias, window i using bias[i % nW]."""
         windows, tokens, channels = x.shape
         head_dim = channels // self.num_heads
         qkv_bias = None
@@ -100,21 +233,51 @@ class WindowAttention(nn.Module):
         qkv = qkv.reshape(windows, tokens, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (windows, heads, N, head_dim)
 
-        # Scaled cosine attention: |logits| <= 1 / tau, whatever the activation amplitude.
-        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        attn = attn * torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
-        attn = attn + bias.unsqueeze(0)
-        if mask is not None:
-            num_masks = mask.shape[0]
-            attn = attn.view(-1, num_masks, self.num_heads, tokens, tokens) + mask[None, :, None]
-            attn = attn.view(-1, self.num_heads, tokens, tokens)
-        attn = self.attn_drop(attn.softmax(dim=-1))
+        # Scaled cosine attention, |logits| <= 1 / tau whatever the activation amplitude: q and k to unit
+        # length, and 1 / tau folded into q (the (windows, heads, N, N) logits are never scaled in a pass
+        # of their own). One pass over each: x * (s / max(|x|, eps)), F.normalize's eps, with the norms
+        # accumulated in fp32 also when autocast gives bf16/fp16 q and k.
+        if self.logit_scale is None:
+            q = q * head_dim**-0.5  # Swin v1's dot product: logits grow with the activations
+        else:
+            wide = torch.promote_types(q.dtype, torch.float32)
+            inverse_tau = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+            q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=wide).clamp_min(1e-12)  # (windows, heads, N, 1)
+            k_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=wide).clamp_min(1e-12)
+            q = q * (inverse_tau / q_norm).to(q.dtype)
+            k = k * k_norm.reciprocal().to(k.dtype)
 
-        x = (attn @ v).transpose(1, 2).reshape(windows, tokens, channels)
-        return self.proj_drop(self.proj(x))
+        x = self.attend_sdpa(q, k, v, bias) if fused else self.attend_plain(q, k, v, bias)
+        return self.proj_drop(self.proj(x.reshape(windows, tokens, channels)))
+
+    def attend_plain(self, q, k, v, bias) -> torch.Tensor:
+        """The reference: softmax(q @ k^T + bias) @ v, in matmuls. Returns (windows, N, heads, head_dim)."""
+        windows, heads, tokens, _ = q.shape
+        num_masks = bias.shape[0]
+        attn = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
+        attn = (attn.view(-1, num_masks, heads, tokens, tokens) + bias).view(windows, heads, tokens, tokens)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return (attn @ v).transpose(1, 2)
+
+    def attend_sdpa(self, q, k, v, bias) -> torch.Tensor:
+        """The same through F.scaled_dot_product_attention, bias as its additive mask and scale 1 (the
+        kernels accumulate the softmax in fp32). Returns (windows, N, heads, head_dim)."""
+        windows, heads, tokens, head_dim = q.shape
+        num_masks = bias.shape[0]
+        if num_masks > 1:
+            # The kernels broadcast a mask over leading dimensions of size 1 only, and mask i belongs to
+            # window i % nW: fold the windows of an image into the heads, (B, nW * heads, N, head_dim),
+            # so that one (1, nW * heads, N, N) mask serves every image. Needs (windows, heads) contiguous.
+            q, k, v = (t.contiguous().view(-1, num_masks * heads, tokens, head_dim) for t in (q, k, v))
+            bias = bias.view(1, num_masks * heads, tokens, tokens)
+        dropout = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)
+        return x.reshape(windows, heads, tokens, head_dim).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, window_size={self.window_size}, "
-            f"pretrained_window_size={self.pretrained_window_size}, num_heads={self.num_heads}"
+            f"pretrained_window_size={self.pretrained_window_size}, num_heads={self.num_heads}, "
+            f"attention={self.attention!r}, position_bias={self.position_bias_kind!r}, "
+            f"attention_impl={self.attention_impl!r}"
         )

@@ -49,6 +49,10 @@ class SwinTransformerV2Stage(nn.Module):
                 pretrained_window_size=pretrained_window,
                 extra_norm=period > 0 and (index + 1) % period == 0,
                 attention_chunk_size=config.attention_chunk_size,
+                attention_impl=config.attention_impl,
+                norm=config.norm,
+                attention=config.attention,
+                position_bias=config.position_bias,
             )
             for index in range(config.depths[stage])
         )
@@ -109,7 +113,8 @@ class SwinTransformerV2(nn.Module):
     # ----------------------------------------------------------------------------------- init
     def init_weights(self) -> None:
         """Official initialisation: Linear trunc-normal(0.02) with zero bias, LayerNorm (1, 0),
-        then every block's post-norms zeroed so each block starts as the identity."""
+        then every block's post-norms zeroed so each block starts as the identity (pre-norm blocks,
+        Swin v1, keep (1, 0): zeroing their norms would cut the branches' input and gradient)."""
         if self.absolute_pos_embed is not None:
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         for module in self.modules():
@@ -120,8 +125,12 @@ class SwinTransformerV2(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif getattr(module, "relative_position_bias_table", None) is not None:
+                nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
         for stage in self.layers:
             for block in stage.blocks:
+                if block.norm == "pre":
+                    continue
                 for norm in (block.norm1, block.norm2):
                     nn.init.zeros_(norm.weight)
                     nn.init.zeros_(norm.bias)
@@ -187,7 +196,11 @@ class SwinTransformerV2(nn.Module):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, in_chans, H, W) -> each stage's output map (B, H_i, W_i, C_i), before patch merging."""
         self.check_input(x)
-        x = self.patch_embed(x)
+        return self.forward_tokens(self.patch_embed(x))
+
+    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Patch tokens (B, h, w, C) as the patch embedding and its norm leave them -> each stage's output
+        map (B, H_i, W_i, C_i). A separate step so that SimMIM can put its mask token in between."""
         if self.absolute_pos_embed is not None:
             x = self.add_absolute_position(x)
         x = self.pos_drop(x)

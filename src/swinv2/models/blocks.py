@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import WindowAttention
-from .windows import padded_size, window_and_shift, window_attention_mask, window_partition, window_reverse
+from .windows import padded_size, window_and_shift, window_attention_mask, window_order
 
 
 class DropPath(nn.Module):
@@ -75,12 +75,19 @@ class PatchMerging(nn.Module):
         return self.norm(self.reduction(x))
 
 
+NORMS = ("res_post", "pre")
+
+
 class SwinTransformerV2Block(nn.Module):
     """Residual post-norm block (paper 3.1): the branch output is normalised before it is added,
     so the main branch does not accumulate the amplitude of every branch.
 
         x = x + drop_path(norm1(attention(x)))
         x = x + drop_path(norm2(mlp(x)))
+
+    norm="pre" is Swin v1's block, the ablation the paper compares with (Fig. 2, Table 6):
+        x = x + drop_path(attention(norm1(x)))
+        x = x + drop_path(mlp(norm2(x)))
     """
 
     def __init__(
@@ -98,14 +105,22 @@ class SwinTransformerV2Block(nn.Module):
         pretrained_window_size: tuple[int, int] = (0, 0),
         extra_norm: bool = False,
         attention_chunk_size: int = 0,
+        attention_impl: str = "auto",
+        norm: str = "res_post",
+        attention: str = "cosine",
+        position_bias: str = "cpb_log",
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.dim = dim
         self.shifted = shifted
+        self.norm = norm
         window, shift = window_and_shift(input_resolution, window_size, shifted)
         self.attn = WindowAttention(
             dim, window, num_heads, qkv_bias, attn_drop, drop,
             pretrained_window_size=pretrained_window_size, chunk_size=attention_chunk_size,
+            attention_impl=attention_impl, attention=attention, position_bias=position_bias,
         )
         self.norm1 = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path)
@@ -127,35 +142,56 @@ class SwinTransformerV2Block(nn.Module):
         self.input_resolution = tuple(input_resolution)
         self.window_size, self.shift_size = window_and_shift(self.input_resolution, window_size, self.shifted)
         self.attn.set_window_size(self.window_size, pretrained_window_size)
-        mask = window_attention_mask(self.input_resolution, self.window_size, self.shift_size)
-        self.register_buffer(
-            "attn_mask", None if mask is None else mask.to(self.norm1.weight.device), persistent=False
-        )
+        device = self.norm1.weight.device
+        for name, tensor in zip(("attn_mask", "token_order", "token_order_inverse"), self.build_layout(
+                *self.input_resolution)):
+            self.register_buffer(name, None if tensor is None else tensor.to(device), persistent=False)
+        self.other_layouts: dict[tuple, tuple] = {}  # the same for other map sizes, see window_layout
+
+    def build_layout(self, height: int, width: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """For a (height, width) map: the attention mask (nW, N, N) or None, and the token order that
+        rolls and partitions the padded map into windows, with its inverse (see windows.window_order)."""
+        mask = window_attention_mask((height, width), self.window_size, self.shift_size)
+        order = window_order(padded_size((height, width), self.window_size), self.window_size, self.shift_size)
+        return mask, order, torch.argsort(order)
+
+    def window_layout(self, height: int, width: int, device: torch.device) -> tuple:
+        """`build_layout` of this map: buffers for `input_resolution`; for other sizes (strict_img_size=False)
+        built once per size and device. Traced fresh under torch.compile, where they become graph constants."""
+        if (height, width) == self.input_resolution:
+            return self.attn_mask, self.token_order, self.token_order_inverse
+        key = (height, width, device)
+        if torch.compiler.is_compiling() or key not in self.other_layouts:
+            layout = tuple(None if t is None else t.to(device) for t in self.build_layout(height, width))
+            if torch.compiler.is_compiling():
+                return layout
+            if len(self.other_layouts) >= 8:  # a bound for callers that feed ever new sizes
+                self.other_layouts.clear()
+            self.other_layouts[key] = layout
+        return self.other_layouts[key]
 
     def shifted_window_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C): pad to whole windows, roll, attend within windows (masking
-        wrapped and padded tokens), roll back, crop."""
-        _, height, width, _ = x.shape
-        if (height, width) == self.input_resolution:
-            mask = self.attn_mask
-        else:
-            mask = window_attention_mask((height, width), self.window_size, self.shift_size)
-            mask = None if mask is None else mask.to(x.device)
+        wrapped and padded tokens), roll back, crop. The roll and the partition are one gather of tokens,
+        and so are their inverses."""
+        batch, height, width, channels = x.shape
+        mask, order, inverse = self.window_layout(height, width, x.device)
         padded_height, padded_width = padded_size((height, width), self.window_size)
         if (padded_height, padded_width) != (height, width):
             x = F.pad(x, (0, 0, 0, padded_width - width, 0, padded_height - height))
-        shift = self.shift_size
-        if shift != (0, 0):
-            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-        windows = self.attn(window_partition(x, self.window_size), mask)
-        x = window_reverse(windows, self.window_size, padded_height, padded_width)
-        if shift != (0, 0):
-            x = torch.roll(x, shifts=shift, dims=(1, 2))
+        tokens = self.window_size[0] * self.window_size[1]
+        windows = x.flatten(1, 2).index_select(1, order).view(-1, tokens, channels)  # (B * nW, N, C)
+        windows = self.attn(windows, mask)
+        x = windows.view(batch, -1, channels).index_select(1, inverse).view(batch, padded_height, padded_width, channels)
         return x[:, :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.norm1(self.shifted_window_attention(x)))
-        x = x + self.drop_path(self.norm2(self.mlp(x)))
+        if self.norm == "pre":
+            x = x + self.drop_path(self.shifted_window_attention(self.norm1(x)))
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        else:
+            x = x + self.drop_path(self.norm1(self.shifted_window_attention(x)))
+            x = x + self.drop_path(self.norm2(self.mlp(x)))
         if self.main_branch_norm is not None:
             x = self.main_branch_norm(x)
         return x
@@ -163,5 +199,5 @@ class SwinTransformerV2Block(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, input_resolution={self.input_resolution}, "
-            f"window_size={self.window_size}, shift_size={self.shift_size}"
+            f"window_size={self.window_size}, shift_size={self.shift_size}, norm={self.norm!r}"
         )

@@ -58,6 +58,15 @@ class SwinV2Config:
     # this many windows at a time (0 = all at once). Neither changes the result.
     use_checkpoint: bool = False
     attention_chunk_size: int = 0
+    # How window attention is computed (same result): "plain" matmul + softmax, the reference; "sdpa"
+    # F.scaled_dot_product_attention; "auto" the faster of the two for the device and whether
+    # gradients are needed (docs/performance.md).
+    attention_impl: str = "auto"
+    # The paper's ablations (docs/experiments.md). Swin v1's block is norm="pre", attention="dot",
+    # position_bias="table"; SwinV2 is res_post / cosine / cpb_log, the only layout its weights fit.
+    norm: str = "res_post"  # "res_post" (v2) or "pre" (v1)
+    attention: str = "cosine"  # "cosine" (v2, learnt temperature) or "dot" (v1, head_dim^-0.5)
+    position_bias: str = "cpb_log"  # "cpb_log" (v2), "cpb_linear" (Table 1) or "table" (v1, bicubic-resized)
     # Dense tasks: forward returns the stage outputs listed in out_indices as NCHW maps.
     features_only: bool = False
     out_indices: tuple[int, ...] | None = None  # None: every stage
@@ -107,6 +116,12 @@ class SwinV2Config:
             raise ConfigError("window_size, patch_size and in_chans must be positive")
         if not set(self.out_indices) <= set(range(self.num_stages)) or not self.out_indices:
             raise ConfigError(f"out_indices {list(self.out_indices)} must name stages 0..{self.num_stages - 1}")
+        for name, choices in (("norm", ("res_post", "pre")), ("attention", ("cosine", "dot")),
+                              ("position_bias", ("cpb_log", "cpb_linear", "table"))):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
+        if self.attention_impl not in ("auto", "sdpa", "plain"):
+            raise ConfigError(f"attention_impl must be 'auto', 'sdpa' or 'plain', got {self.attention_impl!r}")
         if self.attention_chunk_size < 0:
             raise ConfigError("attention_chunk_size must be 0 (all windows at once) or a positive window count")
         height, width = self.img_size

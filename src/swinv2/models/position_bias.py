@@ -11,9 +11,10 @@ import torch
 
 
 def relative_coordinates_table(
-    window: tuple[int, int], pretrained_window: tuple[int, int] = (0, 0)
+    window: tuple[int, int], pretrained_window: tuple[int, int] = (0, 0), spacing: str = "log"
 ) -> torch.Tensor:
-    """(2Wh-1, 2Ww-1, 2) float table of log-spaced offsets (dh, dw); channel 0 is height."""
+    """(2Wh-1, 2Ww-1, 2) float table of offsets (dh, dw), channel 0 height: log-spaced (v2), or
+    "linear" (the paper's Table 1 ablation: the same normalised offsets, without the log)."""
     wh, ww = window
     offsets_h = torch.arange(-(wh - 1), wh, dtype=torch.float32)
     offsets_w = torch.arange(-(ww - 1), ww, dtype=torch.float32)
@@ -24,6 +25,10 @@ def relative_coordinates_table(
     table[..., 0] /= max(reference[0] - 1, 1)
     table[..., 1] /= max(reference[1] - 1, 1)
     table = table * 8
+    if spacing == "linear":
+        return table
+    if spacing != "log":
+        raise ValueError(f"spacing must be 'log' or 'linear', got {spacing!r}")
     return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
 
 

@@ -40,6 +40,18 @@ def window_reverse(windows: torch.Tensor, window: tuple[int, int], height: int, 
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
+def window_order(resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """(H * W,) long: for each token of the map rolled by -shift and partitioned into windows, in that
+    order, its index in the row-major (H, W) map. So `x.flatten(1, 2)[:, order]` is
+    `window_partition(torch.roll(x, -shift), window)` in one copy (torch.roll copies once per rolled
+    dimension, slowly on the CPU, and the partition once more), and `argsort(order)` undoes it."""
+    height, width = resolution
+    index = torch.arange(height * width).view(1, height, width, 1)
+    if shift != (0, 0):
+        index = torch.roll(index, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    return window_partition(index, window).flatten()
+
+
 def shifted_window_mask(
     resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> torch.Tensor | None:

@@ -2,6 +2,10 @@
 
     cfg = load_config("fashion-mnist", ["optim.base_lr=1e-3", "run.batch_size=64"])
     print(config_to_yaml(cfg))
+    pre = load_config("simmim-fashion-mnist", kind=PretrainConfig)   # SimMIM pre-training
+
+Classification training (`TrainConfig`) and SimMIM pre-training (`PretrainConfig`) share the model, data,
+optim, schedule and run sections; the first adds `augment`, the second `simmim`.
 
 Every field is converted to its annotated type when a section is built, so a value from YAML,
 from the command line or from Python code is checked the same way, and errors name the key."""
@@ -20,10 +24,12 @@ import yaml
 from ..errors import ConfigError
 from ..models.config import SwinV2Config
 from ..models.registry import list_models
+from .distributed import MODES as DISTRIBUTED_MODES
 from .precision import PRECISIONS, check_device_name
 
 DATASETS = ("folder", "list", "fashion-mnist")
 RECIPE_SUFFIX = ".yaml"
+AUTO = "auto"
 
 
 # ------------------------------------------------------------------------------ type conversion
@@ -45,11 +51,15 @@ def describe(annotation: Any) -> str:
 
 def _convert(value: Any, annotation: Any) -> Any:
     origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):  # only `X | None` is used
+    if origin in (typing.Union, types.UnionType):  # `X | None`, or `float | str | None`: the first that fits
         if value is None and type(None) in arguments:
             return None
-        inner = next(argument for argument in arguments if argument is not type(None))
-        return _convert(value, inner)
+        for inner in (argument for argument in arguments if argument is not type(None)):
+            try:
+                return _convert(value, inner)
+            except _Mismatch:
+                continue
+        raise _Mismatch
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
@@ -167,11 +177,16 @@ class DataSection(Section):
     crop_pct: float = 0.875  # evaluation: resize to img_size / crop_pct, centre crop (1.0: plain resize)
     max_train_images: int | None = None  # a subset, for quick runs and tests
     max_val_images: int | None = None
+    # A class-balanced subset of the training images: this many of each class, drawn at random with
+    # subset_seed (the same seed, the same images): training with few labels. Before max_train_images.
+    images_per_class: int | None = None
+    subset_seed: int = 0
 
     def check(self) -> None:
         self.require(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
         self.require(self.channels in (1, 3), "channels", "must be 1 or 3")
-        self.require_positive("img_size", "load_size", "max_train_images", "max_val_images")
+        self.require_positive("img_size", "load_size", "max_train_images", "max_val_images", "images_per_class")
+        self.require(self.subset_seed >= 0, "subset_seed", "must be 0 or positive")
         self.require(self.num_workers >= 0, "num_workers", "must be 0 (load in the main process) or more")
         self.require(0.0 < self.crop_pct <= 1.0, "crop_pct", "must be in (0, 1]")
         for key in ("mean", "std"):
@@ -221,14 +236,18 @@ class OptimSection(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     clip_grad: float | None = 5.0  # max global gradient norm; null: no clipping
-    layer_decay: float | None = None  # layer-wise lr decay for fine-tuning (SPEC 3); null: off
+    # Layer-wise lr decay for fine-tuning (SPEC 3); null: off. auto: 0.75 (the official SimMIM fine-tunes')
+    # when model.init_from is a SimMIM checkpoint, else off; the run prints and saves the value it chose.
+    layer_decay: float | str | None = AUTO
     accumulation_steps: int = 1  # batches per optimizer step
 
     def check(self) -> None:
         self.require_positive("base_lr", "lr_reference_batch", "eps", "clip_grad", "accumulation_steps")
         self.require(self.weight_decay >= 0, "weight_decay", "must be 0 or positive")
         self.require(all(0.0 <= beta < 1.0 for beta in self.betas), "betas", "must be two numbers in [0, 1)")
-        self.require(self.layer_decay is None or 0.0 < self.layer_decay <= 1.0, "layer_decay", "must be null or in (0, 1]")
+        decay = self.layer_decay
+        self.require(decay is None or decay == AUTO or (isinstance(decay, float) and 0.0 < decay <= 1.0),
+                     "layer_decay", f"must be null or in (0, 1] (or {AUTO}: 0.75 after SimMIM, else null)")
 
 
 @dataclass
@@ -263,11 +282,24 @@ class RunSection(Section):
     log_every: int = 10  # steps between log lines
     eval_every: int = 1  # epochs between evaluations
     compile: bool = False  # torch.compile the model
+    # Training checkpoints in output_dir/name/checkpoints (see swinv2.train.checkpointing): one at every
+    # epoch end, and every checkpoint_every optimizer steps when set; the newest keep_last and the best stay.
+    checkpoint_every: int | None = None
+    keep_last: int = 3
+    resume: str | None = None  # a run directory, its checkpoints/ or a checkpoint file to continue from
+    # Stop (after a checkpoint) once this many optimizer steps are done, leaving the schedule as it is:
+    # a long run split into jobs of limited time, each started with --resume.
+    stop_after_steps: int | None = None
+    distributed: str = "ddp"  # under torchrun: ddp (whole model per process) or fsdp (sharded, ZeRO-3)
 
     def check(self) -> None:
         self.require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
         check_device_name(self.device)  # availability is checked when the run starts, on its machine
-        self.require_positive("batch_size", "eval_batch_size", "log_every", "eval_every")
+        self.require_positive("batch_size", "eval_batch_size", "log_every", "eval_every", "checkpoint_every",
+                              "keep_last", "stop_after_steps")
+        self.require(self.seed >= 0, "seed", "must be 0 or positive")
+        self.require(self.distributed in DISTRIBUTED_MODES, "distributed", f"must be one of {', '.join(DISTRIBUTED_MODES)}")
+        self.require(self.resume is None or bool(self.resume.strip()), "resume", "must be null or a path")
         self.require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", "must be null or in (0, 1)")
         self.require(bool(self.name), "name", "must not be empty")
 
@@ -284,37 +316,89 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
 
 
-SECTIONS: dict[str, type[Section]] = {item.name: item.default_factory for item in fields(TrainConfig)}
+@dataclass
+class SimMIMSection(Section):
+    """Masking, targets and the input transform of SimMIM pre-training. Defaults: the official SwinV2 SimMIM
+    configs (DATA.MASK_PATCH_SIZE, DATA.MASK_RATIO, MODEL.SIMMIM.NORM_TARGET, the SimMIMTransform crop)."""
+
+    section: ClassVar[str] = "simmim"
+    mask_patch_size: int = 32  # px; divides the image and is a multiple of the model's patch
+    mask_ratio: float = 0.6  # ceil(ratio * mask patches) are masked
+    norm_target: bool = True  # predict locally normalised pixels (SwinV2's configs), not raw ones
+    norm_target_window: int | None = None  # odd px; null: 47 at 192 px, scaled with the image (7 at 28 px)
+    crop_scale: tuple[float, float] = (0.67, 1.0)  # random resized crop: area fraction
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # and aspect ratio
+    hflip: float = 0.5
+
+    def check(self) -> None:
+        self.require_positive("mask_patch_size", "norm_target_window")
+        self.require(0.0 < self.mask_ratio <= 1.0, "mask_ratio", "must be in (0, 1]")
+        self.require(self.norm_target_window is None or self.norm_target_window % 2 == 1, "norm_target_window",
+                     "must be odd (the window is centred on each pixel) or null")
+        self.require_fraction("hflip")
+        self.require(0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0, "crop_scale",
+                     "must be (low, high) with 0 < low <= high <= 1")
+        self.require(0.0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio", "must be (low, high) with 0 < low <= high")
+
+
+# Everything a SimMIM pre-training run needs (no labels are used); saved as config.yaml in the run directory.
+# TrainConfig's sections with `simmim` in the place of `augment`.
+PretrainConfig = dataclasses.make_dataclass(
+    "PretrainConfig",
+    [("simmim", SimMIMSection, field(default_factory=SimMIMSection)) if item.name == "augment"
+     else (item.name, item.type, field(default_factory=item.default_factory)) for item in fields(TrainConfig)],
+    namespace={"__module__": __name__, "__doc__": "A SimMIM pre-training configuration: model, data, simmim, optim, "
+                                                  "schedule and run sections."},
+)
+
+
+Config = TrainConfig | PretrainConfig
+COMMANDS = {TrainConfig: "swinv2 train", PretrainConfig: "swinv2 pretrain"}
+
+
+def sections(kind: type[Config] = TrainConfig) -> dict[str, type[Section]]:
+    """The sections of a configuration class, by name."""
+    return {item.name: item.default_factory for item in fields(kind)}
+
+
+SECTIONS: dict[str, type[Section]] = sections(TrainConfig)
 
 
 # ------------------------------------------------------------------------------ building a config
-def check_section(section: str, origin: str) -> None:
-    if section not in SECTIONS:
-        raise ConfigError(f"unknown section {section!r} in {origin}; valid sections: {', '.join(SECTIONS)}")
+def check_section(section: str, origin: str, kind: type[Config] = TrainConfig) -> None:
+    valid = sections(kind)
+    if section in valid:
+        return
+    owner = next((other for other in COMMANDS if section in sections(other)), None)
+    hint = f" (a {section} section makes it a `{COMMANDS[owner]}` configuration)" if owner else ""
+    raise ConfigError(f"unknown section {section!r} in {origin}{hint}; valid sections for `{COMMANDS[kind]}`: "
+                      f"{', '.join(valid)}")
 
 
-def check_key(section: str, key: str, origin: str) -> None:
+def check_key(section: str, key: str, origin: str, kind: type[Config] = TrainConfig) -> None:
     """ConfigError listing the valid names when `section.key` does not exist."""
-    check_section(section, origin)
-    valid = SECTIONS[section].field_types()
+    check_section(section, origin, kind)
+    valid = sections(kind)[section].field_types()
     if key not in valid:
         raise ConfigError(f"unknown key {section}.{key} in {origin}; valid keys of {section}: {', '.join(valid)}")
 
 
-def check_structure(values: dict[str, Any], origin: str) -> None:
+def check_structure(values: dict[str, Any], origin: str, kind: type[Config] = TrainConfig) -> None:
     """Every section and key exists, and each section is a mapping."""
     for section, entries in values.items():
-        check_section(section, origin)
+        check_section(section, origin, kind)
         if entries is not None and not isinstance(entries, dict):
             raise ConfigError(f"section {section!r} in {origin} must be a mapping of keys, got {entries!r}")
         for key in entries or {}:  # "run:" with nothing under it is an empty section
-            check_key(section, key, origin)
+            check_key(section, key, origin, kind)
 
 
-def config_from_dict(values: dict[str, Any], origin: str = "the configuration") -> TrainConfig:
-    """A TrainConfig from nested plain values ({section: {key: value}}); missing keys keep their defaults."""
-    check_structure(values, origin)
-    return TrainConfig(**{section: SECTIONS[section](**(entries or {})) for section, entries in values.items()})
+def config_from_dict(values: dict[str, Any], origin: str = "the configuration", kind: type[Config] = TrainConfig) -> Config:
+    """A `kind` (TrainConfig or PretrainConfig) from nested plain values ({section: {key: value}});
+    missing keys keep their defaults."""
+    check_structure(values, origin, kind)
+    classes = sections(kind)
+    return kind(**{section: classes[section](**(entries or {})) for section, entries in values.items()})
 
 
 def parse_override(override: str) -> tuple[list[str], Any]:
@@ -330,19 +414,19 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_override(values: dict[str, Any], override: str) -> None:
+def apply_override(values: dict[str, Any], override: str, kind: type[Config] = TrainConfig) -> None:
     """Set one `section.key=value` (or `model.overrides.field=value`) in nested plain values."""
     keys, value = parse_override(override)
     section, key, *rest = keys
     origin = f"override {override!r}"
-    check_key(section, key, origin)
+    check_key(section, key, origin, kind)
     entries = values[section] = values.get(section) or {}
     if rest:
         if (section, key, len(rest)) != ("model", "overrides", 1):
             raise ConfigError(f"{origin}: only model.overrides takes a sub-key (model.overrides.drop_path_rate=0.1)")
         entries[key] = dict(entries.get(key) or {}, **{rest[0]: value})
         return
-    is_text = SECTIONS[section].field_types()[key] in (str, str | None)
+    is_text = sections(kind)[section].field_types()[key] in (str, str | None)
     # Keep the text as typed for string fields: YAML would turn run.name=007 into 7.
     entries[key] = override.partition("=")[2].strip() if is_text and value is not None else value
 
@@ -354,11 +438,11 @@ def read_source(source: str | Path | None) -> tuple[dict[str, Any], str]:
     path = Path(source)
     if not path.is_file():
         name = str(source)
-        if name in list_recipes():
+        if name in list_recipes(None):
             return parse_yaml(recipe_text(name), f"recipe {name!r}"), f"recipe {name!r}"
         if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
             raise ConfigError(f"config file {str(source)!r} not found")
-        raise ConfigError(f"{name!r} is neither a config file nor a recipe; recipes: {', '.join(list_recipes())}")
+        raise ConfigError(f"{name!r} is neither a config file nor a recipe; recipes: {', '.join(list_recipes(None))}")
     return parse_yaml(path.read_text(), str(path)), str(path)
 
 
@@ -370,17 +454,19 @@ def parse_yaml(text: str, origin: str) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{origin} must be a mapping of sections ({', '.join(SECTIONS)}), got {type(values).__name__}")
+        raise ConfigError(f"{origin} must be a mapping of sections ({', '.join(SECTIONS)}, ...), got {type(values).__name__}")
     return values
 
 
-def load_config(source: str | Path | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
-    """Resolve a YAML path or a recipe name (None: the defaults) plus `section.key=value` overrides."""
+def load_config(source: str | Path | None = None, overrides: Iterable[str] = (),
+                kind: type[Config] = TrainConfig) -> Config:
+    """Resolve a YAML path or a recipe name (None: the defaults) plus `section.key=value` overrides into a
+    `kind`: TrainConfig (`swinv2 train`) or PretrainConfig (`swinv2 pretrain`)."""
     values, origin = read_source(source)
-    check_structure(values, origin)  # before the overrides, so that a typo is blamed on the right source
+    check_structure(values, origin, kind)  # before the overrides, so that a typo is blamed on the right source
     for override in overrides:
-        apply_override(values, override)
-    return config_from_dict(values, origin)
+        apply_override(values, override, kind)
+    return config_from_dict(values, origin, kind)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -395,8 +481,8 @@ _Dumper.add_representer(list, _represent_flow_list)
 _Dumper.add_representer(tuple, _represent_flow_list)
 
 
-def config_to_yaml(config: TrainConfig) -> str:
-    """The resolved configuration as YAML that `load_config` reads back to an equal TrainConfig."""
+def config_to_yaml(config: Config) -> str:
+    """The resolved configuration as YAML that `load_config` reads back to an equal configuration."""
     return yaml.dump(dataclasses.asdict(config), Dumper=_Dumper, sort_keys=False)
 
 
@@ -405,15 +491,19 @@ def _recipe_directory() -> Any:
     return resources.files(__package__).joinpath("recipes")
 
 
-def list_recipes() -> list[str]:
-    """Names of the recipes shipped in swinv2/train/recipes."""
-    return sorted(
+def list_recipes(kind: type[Config] | None = TrainConfig) -> list[str]:
+    """Names of the recipes shipped in swinv2/train/recipes for `kind` (TrainConfig: `swinv2 train`,
+    PretrainConfig: `swinv2 pretrain`, whose recipes have a simmim section; None: all of them)."""
+    names = sorted(
         entry.name[: -len(RECIPE_SUFFIX)] for entry in _recipe_directory().iterdir() if entry.name.endswith(RECIPE_SUFFIX)
     )
+    if kind is None:
+        return names
+    return [name for name in names if set(parse_yaml(recipe_text(name), name)) <= set(sections(kind))]
 
 
 def recipe_text(name: str) -> str:
     """The YAML of a shipped recipe, comments included."""
-    if name not in list_recipes():
-        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(list_recipes())}")
+    if name not in list_recipes(None):
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(list_recipes(None))}")
     return _recipe_directory().joinpath(name + RECIPE_SUFFIX).read_text()

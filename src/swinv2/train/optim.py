@@ -7,10 +7,27 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .config import OptimSection
+from ..errors import ConfigError
+from .config import AUTO, OptimSection
 
 # Parameters before the first block share layer 0 with the patch embedding (SPEC 3).
 EMBEDDING_NAMES = ("patch_embed", "mask_token", "absolute_pos_embed")
+# SPEC 3: the official SwinV2-B fine-tuning from SimMIM pre-training decays 0.75 a layer.
+SIMMIM_LAYER_DECAY = 0.75
+
+
+def resolve_layer_decay(layer_decay: float | str | None, init_from: str | None) -> float | None:
+    """optim.layer_decay as a run uses it: "auto" is SIMMIM_LAYER_DECAY when `init_from` is a SimMIM
+    pre-training checkpoint (official layout, ours or a `swinv2 pretrain` training checkpoint), else None."""
+    if layer_decay != AUTO:
+        return layer_decay
+    if not init_from:
+        return None
+    from ..checkpoints.io import read_checkpoint
+    from ..checkpoints.layouts import detect_layout
+
+    state, _ = read_checkpoint(init_from)
+    return SIMMIM_LAYER_DECAY if detect_layout(state) == "simmim" else None
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -80,7 +97,11 @@ def scaled_lr(
 
 
 def build_optimizer(model: nn.Module, optim: OptimSection, lr: float) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups`; each group's lr is lr * lr_scale, and keeps "lr_scale" for the schedule."""
+    """AdamW over `parameter_groups`; each group's lr is lr * lr_scale, and keeps "lr_scale" for the schedule.
+    optim.layer_decay must be resolved (a number or None, see `resolve_layer_decay`)."""
+    if isinstance(optim.layer_decay, str):
+        raise ConfigError(f"optim.layer_decay={optim.layer_decay!r} must be resolved to a number or null before the "
+                          "optimizer is built (swinv2.train.optim.resolve_layer_decay)")
     groups = parameter_groups(model, optim.weight_decay, optim.layer_decay)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]

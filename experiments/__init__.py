@@ -1,0 +1,1 @@
+"""Measurements that run the library end to end (see each module's docstring)."""

@@ -1,0 +1,397 @@
+"""`swinv2 benchmark`: images/s of this project against Hugging Face transformers' Swinv2, same weights.
+
+For each case (inference or a training step; fp32 or bf16 autocast; a batch size) every implementation
+runs in the same process, interleaved A B A B ... after a warm-up, so that a machine whose load drifts
+slows them alike; the table gives each one's median images/s with the min-max, the median ratio to the
+first peer, and the achieved GFLOP/s against the machine's matmul peak (torch.mm, same threads and
+dtype). FLOPs per image come from `torch.utils.flop_counter.FlopCounterMode` on the meta device, the
+counting `swinv2 info` uses (matrix products and convolutions, 2 per multiply-add), for the forward
+pass and, for training, forward plus backward.
+
+Implementations:
+    swinv2           this project as configured (attention_impl "auto": docs/performance.md)
+    swinv2-plain     this project with the reference attention (matmul + softmax, bias recomputed)
+    swinv2-compiled  this project under torch.compile (the first calls compile, inside the warm-up)
+    hf               transformers.Swinv2ForImageClassification with the same config and weights
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import InputError, SwinV2Error
+from .models import SwinTransformerV2, create_model
+
+IMPLEMENTATIONS = ("swinv2", "swinv2-plain", "swinv2-compiled", "hf")
+MODES = ("inference", "train")
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_MODEL = "swinv2_tiny_window8_256"
+
+
+@dataclass
+class Result:
+    """One implementation in one case: images/s over the timed repeats."""
+
+    mode: str
+    precision: str
+    batch_size: int
+    implementation: str
+    images_per_second: list[float]
+    flops_per_image: int
+    peak_gflops: float
+    median: float = 0.0
+    minimum: float = 0.0
+    maximum: float = 0.0
+    gflops: float = 0.0  # achieved, at the median
+    fraction_of_peak: float = 0.0
+    # The first implementation's images/s over this one's, the median over rounds (None on the first's row)
+    ratio_to_reference: float | None = None
+
+    def __post_init__(self) -> None:
+        self.median = statistics.median(self.images_per_second)
+        self.minimum, self.maximum = min(self.images_per_second), max(self.images_per_second)
+        self.gflops = self.median * self.flops_per_image / 1e9
+        self.fraction_of_peak = self.gflops / self.peak_gflops if self.peak_gflops else 0.0
+
+
+@dataclass
+class Report:
+    model: str
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    peak_gflops: dict[str, float]
+    flops_per_image: dict[str, int]
+    results: list[Result] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["targets"] = targets(self)
+        return values
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def format(self) -> str:
+        return format_report(self)
+
+
+# ------------------------------------------------------------------------------------ counting
+def flops_per_image(model: SwinTransformerV2, mode: str) -> int:
+    """Matmul and convolution FLOPs of one image: the forward pass, or forward + backward for "train".
+
+    Counted on a meta copy (shapes only) with the reference attention, whose two attention products
+    FlopCounterMode sees as matrix products whatever kernel runs them at benchmark time."""
+    config = model.config.replace(attention_impl="plain", use_checkpoint=False)
+    with torch.device("meta"):
+        counted = SwinTransformerV2(config).train(mode == "train")
+    image = torch.zeros(1, config.in_chans, *config.img_size, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if mode == "train":
+            counted(image).sum().backward()
+        else:
+            with torch.no_grad():
+                counted(image)
+    return counter.get_total_flops()
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
+                       repeats: int = 5) -> float:
+    """The best median GFLOP/s of torch.mm over square sizes, in this process's threads."""
+    best = 0.0
+    for size in sizes:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        seconds = []
+        for index in range(repeats + 1):
+            synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b)
+            synchronize(device)
+            if index:  # the first call warms up
+                seconds.append(time.perf_counter() - start)
+        best = max(best, 2 * size**3 / statistics.median(seconds) / 1e9)
+    return best
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -------------------------------------------------------------------------------- the peers
+def build_ours(model_name: str, overrides: dict[str, Any], attention_impl: str) -> SwinTransformerV2:
+    return create_model(model_name, attention_impl=attention_impl, **overrides)
+
+
+def build_hf(model: SwinTransformerV2) -> nn.Module:
+    """transformers' Swinv2ForImageClassification with `model`'s configuration and weights."""
+    try:
+        from transformers import Swinv2Config, Swinv2ForImageClassification
+    except ImportError as error:
+        raise SwinV2Error(
+            "the hf peer needs Hugging Face transformers: pip install transformers, "
+            "or leave hf out of --implementations"
+        ) from error
+    from .checkpoints import export_state_dict
+    from .checkpoints.configs import hf_config_json
+
+    values = hf_config_json(model.config)
+    values.pop("architectures")
+    values.pop("model_type")
+    peer = Swinv2ForImageClassification(Swinv2Config(**values))
+    peer.load_state_dict(export_state_dict(model, "hf"), strict=True)
+    return peer
+
+
+class Logits(nn.Module):
+    """HF's model returns an output object; the benchmark wants logits, as ours gives them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def build_peers(model_name: str, overrides: dict[str, Any], implementations: Sequence[str],
+                attention_impl: str, device: torch.device, seed: int = 0) -> tuple[SwinTransformerV2, dict[str, nn.Module]]:
+    """Every implementation with the same weights (ours, randomly initialised with `seed`)."""
+    torch.manual_seed(seed)
+    reference = build_ours(model_name, overrides, attention_impl)
+    peers: dict[str, nn.Module] = {}
+    for name in implementations:
+        if name == "hf":
+            peers[name] = Logits(build_hf(reference))
+        else:
+            impl = "plain" if name == "swinv2-plain" else attention_impl
+            model = build_ours(model_name, overrides, impl)
+            model.load_state_dict(reference.state_dict())
+            peers[name] = torch.compile(model) if name == "swinv2-compiled" else model
+    return reference, {name: model.to(device) for name, model in peers.items()}
+
+
+def make_step(model: nn.Module, mode: str, precision: str, images: torch.Tensor,
+              labels: torch.Tensor) -> Callable[[], None]:
+    """One timed unit: a forward pass without gradients, or forward, loss, backward and a (fused) AdamW step."""
+    device_type = images.device.type
+    autocast = precision == "bf16"
+    if mode == "inference":
+        model.eval()
+
+        def infer() -> None:
+            with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+                model(images)
+
+        return infer
+    model.train()
+    # The fused kernel (CPU and CUDA): the optimiser is the same for every peer, and the per-parameter
+    # loop of the default one would add seconds of the same element-wise work to each.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def train() -> None:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats: int,
+                     device: torch.device) -> dict[str, list[float]]:
+    """Seconds per step of each implementation: `warmup` untimed rounds, then `repeats` timed rounds,
+    each round running every implementation once in turn (A B A B ...)."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + repeats):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            if round_index >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+# ----------------------------------------------------------------------------------- running
+def run(
+    model: str = DEFAULT_MODEL,
+    overrides: dict[str, Any] | None = None,
+    implementations: Sequence[str] = ("swinv2", "hf"),
+    modes: Sequence[str] = MODES,
+    precisions: Sequence[str] = PRECISIONS,
+    batch_sizes: Sequence[int] = (8,),
+    train_batch_sizes: Sequence[int] = (8,),
+    warmup: int = 2,
+    repeats: int = 5,
+    attention_impl: str = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Measure every (mode, precision, batch size) case for every implementation; see the module doc."""
+    check_choices(implementations, IMPLEMENTATIONS, "implementation")
+    check_choices(modes, MODES, "mode")
+    check_choices(precisions, PRECISIONS, "precision")
+    if warmup < 0 or repeats < 1 or min([*batch_sizes, *train_batch_sizes], default=1) < 1:
+        raise InputError("warm-up must be >= 0, repeats and batch sizes >= 1")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available to torch")
+    reference, peers = build_peers(model, dict(overrides or {}), implementations, attention_impl, target)
+    config = reference.config
+    flops = {mode: flops_per_image(reference, mode) for mode in modes}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peak = {precision: matmul_peak_gflops(dtypes[precision], target) for precision in precisions}
+    report = Report(
+        model=model, config=config.to_dict(), machine=machine(target), peak_gflops=peak, flops_per_image=flops,
+        settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats,
+                      "attention_impl": attention_impl, "device": str(target), "threads": torch.get_num_threads()},
+    )
+    generator = torch.Generator().manual_seed(1)
+    for mode in modes:
+        for precision in precisions:
+            for batch in batch_sizes if mode == "inference" else train_batch_sizes:
+                if progress:
+                    progress(f"{mode} {precision} batch {batch}")
+                images = torch.randn(batch, config.in_chans, *config.img_size, generator=generator).to(target)
+                labels = torch.randint(0, max(config.num_classes, 1), (batch,), generator=generator).to(target)
+                steps = {name: make_step(peer, mode, precision, images, labels) for name, peer in peers.items()}
+                seconds = time_interleaved(steps, warmup, repeats, target)
+                results = [Result(mode, precision, batch, name, [batch / s for s in values], flops[mode],
+                                  peak[precision]) for name, values in seconds.items()]
+                for result in results[1:]:
+                    # Per round, so that load shared by the two runs of a round cancels.
+                    result.ratio_to_reference = round_ratio(results[0], result)
+                report.results.extend(results)
+    return report
+
+
+def check_choices(values: Sequence[str], allowed: Sequence[str], what: str) -> None:
+    unknown = [value for value in values if value not in allowed]
+    if unknown or not values:
+        raise InputError(f"unknown {what} {unknown or values}; choose from {', '.join(allowed)}")
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    values = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+                  "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                  "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if device.type == "cuda":
+        values["gpu"] = torch.cuda.get_device_name(device)
+    return values
+
+
+# ------------------------------------------------------------------------------------ output
+def find(report: Report, mode: str, precision: str, batch: int, implementation: str) -> Result | None:
+    return next((r for r in report.results if (r.mode, r.precision, r.batch_size, r.implementation)
+                 == (mode, precision, batch, implementation)), None)
+
+
+def targets(report: Report) -> list[dict[str, Any]]:
+    """The issue's targets (SwinV2-T 256/w8, fp32, batch 8) that this run measured, each with its value."""
+    checks = []
+    ours, hf = "swinv2", "hf"
+    for mode, wanted in (("inference", 1.5), ("train", 1.3)):
+        mine, theirs = find(report, mode, "fp32", 8, ours), find(report, mode, "fp32", 8, hf)
+        if mine and theirs:
+            checks.append({"target": f"{mode} fp32 batch 8: swinv2 / hf >= {wanted}",
+                               "value": round_ratio(mine, theirs), "wanted": wanted})
+    mine = find(report, "inference", "fp32", 8, ours)
+    if mine:
+        checks.append({"target": "inference fp32 batch 8: achieved / fp32 matmul peak >= 0.70",
+                           "value": mine.fraction_of_peak, "wanted": 0.70})
+    low = find(report, "inference", "bf16", 8, ours)
+    if mine and low:  # different cases, so different rounds: a ratio of medians
+        checks.append({"target": "inference batch 8: swinv2 bf16 / swinv2 fp32 >= 1.6",
+                           "value": low.median / mine.median, "wanted": 1.6})
+    for check in checks:
+        check["met"] = check["value"] >= check["wanted"]
+    return checks
+
+
+def round_ratio(a: Result, b: Result) -> float:
+    """Median over the rounds of a's images/s over b's, two peers timed in the same rounds."""
+    return statistics.median(x / y for x, y in zip(a.images_per_second, b.images_per_second))
+
+
+def format_report(report: Report) -> str:
+    config = report.config
+    lines = [
+        (f"{report.model}: {config['img_size'][0]}x{config['img_size'][1]}, window {config['window_size'][0]}; "
+        f"torch {report.machine['torch']}, {report.machine['device']}, {report.machine['threads']} threads"),
+        "matmul peak (torch.mm): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in report.peak_gflops.items()),
+        "FLOPs per image: " + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in report.flops_per_image.items()),
+        (f"{report.settings['warmup']} warm-up + {report.settings['repeats']} timed rounds, interleaved; "
+        f"first/this = median over rounds of {report.settings['implementations'][0]}'s images/s over this one's"),
+        "",
+    ]
+    header = ("mode", "precision", "batch", "implementation", "img/s", "min-max", "first/this", "GFLOP/s", "of peak")
+    rows = [header]
+    for r in report.results:
+        rows.append((r.mode, r.precision, str(r.batch_size), r.implementation, f"{r.median:.2f}",
+                     f"{r.minimum:.2f}-{r.maximum:.2f}", "-" if r.ratio_to_reference is None
+                     else f"{r.ratio_to_reference:.2f}", f"{r.gflops:.0f}", f"{100 * r.fraction_of_peak:.0f}%"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths))).rstrip())
+    checks = targets(report)
+    if checks:
+        lines += ["", "targets:"]
+        lines += [f"  {c['target']}: {c['value']:.2f} ({'met' if c['met'] else 'NOT met'})" for c in checks]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- the command
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model (default {DEFAULT_MODEL})")
+    parser.add_argument("--img-size", type=int, metavar="N", help="input resolution (default the model's)")
+    parser.add_argument("--window-size", type=int, metavar="N", help="attention window (default the model's)")
+    parser.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=[8],
+                        metavar="N", help="inference batch sizes (default 8)")
+    parser.add_argument("--train-batch-size", "--train-batch-sizes", dest="train_batch_sizes", type=int,
+                        nargs="+", default=[8], metavar="N", help="training-step batch sizes (default 8)")
+    parser.add_argument("--implementations", nargs="+", default=["swinv2", "hf"], choices=IMPLEMENTATIONS,
+                        metavar="NAME", help=f"peers, the first is the reference of the ratios "
+                                             f"(default swinv2 hf; choices {', '.join(IMPLEMENTATIONS)})")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="default both")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+                        help="fp32 and/or bf16 autocast (default both)")
+    parser.add_argument("--attention-impl", default="auto", choices=("auto", "sdpa", "plain"),
+                        help="attention of the swinv2 and swinv2-compiled peers (default auto)")
+    parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed rounds first (default 2)")
+    parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed rounds (default 5)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default torch's)")
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+
+
+def run_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> Report:
+    overrides = {name: getattr(args, name) for name in ("img_size", "window_size") if getattr(args, name)}
+    report = run(model=args.model, overrides=overrides, implementations=args.implementations, modes=args.modes,
+                 precisions=args.precisions, batch_sizes=args.batch_sizes, train_batch_sizes=args.train_batch_sizes,
+                 warmup=args.warmup, repeats=args.repeats, attention_impl=args.attention_impl, device=args.device,
+                 threads=args.threads, progress=progress)
+    print(report.format())
+    if args.json:
+        with open(args.json, "w") as file:
+            file.write(report.to_json() + "\n")
+    return report

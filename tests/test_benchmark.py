@@ -1,0 +1,102 @@
+"""Issue 7, the benchmark's logic on tiny models: FLOPs against a hand count, the peers' weights, the report's
+fields and the command. Nothing here asserts a speed: timings on a shared machine are not a test."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from swinv2 import SwinTransformerV2, SwinV2Config
+from swinv2.benchmark import build_peers, flops_per_image, run
+from swinv2.cli import main
+
+# Two stages: an 8x8 map in windows of 4 (shifted odd block), then a 4x4 map that is one window.
+TINY = {"img_size": 32, "window_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "num_classes": 5,
+            "drop_path_rate": 0.0}
+
+
+def hand_count(config: SwinV2Config) -> tuple[int, int]:
+    """Forward matmul/convolution FLOPs of one image (2 per multiply-add), and the part of it whose
+    input needs no gradient (the patch convolution and the first CPB layer: their backward is one product)."""
+    height, width = config.stage_resolution(0)
+    dim = config.embed_dim
+    convolution = 2 * height * width * dim * config.in_chans * config.patch_size**2
+    total, no_input_gradient = convolution, convolution
+    for stage in range(config.num_stages):
+        height, width = config.stage_resolution(stage)
+        dim, heads, tokens = config.stage_dim(stage), config.num_heads[stage], height * width
+        window = min(config.window_size[0], height)
+        window_tokens = window * window
+        table_rows = (2 * window - 1) ** 2
+        for _ in range(config.depths[stage]):
+            total += 2 * tokens * dim * 3 * dim  # qkv
+            total += 2 * 2 * tokens * window_tokens * dim  # q @ k^T and attn @ v, over windows and heads
+            total += 2 * tokens * dim * dim  # proj
+            total += 2 * 2 * tokens * dim * int(config.mlp_ratio * dim)  # fc1, fc2
+            first_cpb = 2 * table_rows * 2 * 512
+            total += first_cpb + 2 * table_rows * 512 * heads
+            no_input_gradient += first_cpb
+        if stage < config.num_stages - 1:
+            total += 2 * (tokens // 4) * 4 * dim * 2 * dim  # patch merging reduction
+    total += 2 * config.stage_dim(config.num_stages - 1) * config.num_classes  # head
+    return total, no_input_gradient
+
+
+def test_flops_per_image_match_a_hand_count():
+    config = SwinV2Config(**TINY)
+    model = SwinTransformerV2(config)
+    forward, no_input_gradient = hand_count(config)
+    assert flops_per_image(model, "inference") == forward
+    # Backward: the gradient of the input and of the weight, each one product like the forward one.
+    assert flops_per_image(model, "train") == 3 * forward - no_input_gradient
+
+
+def test_peers_share_the_weights_and_compute_the_same_function():
+    reference, peers = build_peers("swinv2_tiny_window8_256", TINY, ["swinv2", "swinv2-plain", "hf"], "auto",
+                                   torch.device("cpu"))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference.eval()(x)
+        assert expected.std() > 0
+        for name, peer in peers.items():
+            torch.testing.assert_close(peer.eval()(x), expected, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_report_has_every_case_and_its_fields():
+    report = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2", "hf"], batch_sizes=[1, 2],
+                 train_batch_sizes=[2], warmup=0, repeats=2)
+    cases = {(r.mode, r.precision, r.batch_size, r.implementation) for r in report.results}
+    assert cases == {(mode, precision, batch, name)
+                     for mode, batches in (("inference", (1, 2)), ("train", (2,)))
+                     for precision in ("fp32", "bf16") for batch in batches for name in ("swinv2", "hf")}
+    values = json.loads(report.to_json())
+    assert set(values) >= {"model", "config", "machine", "settings", "peak_gflops", "flops_per_image", "results",
+                           "targets"}
+    assert values["peak_gflops"]["fp32"] > 0 and values["peak_gflops"]["bf16"] > 0
+    for result in values["results"]:
+        assert len(result["images_per_second"]) == 2
+        assert result["minimum"] <= result["median"] <= result["maximum"]
+        assert result["gflops"] == pytest.approx(result["median"] * result["flops_per_image"] / 1e9)
+        # The first peer is the reference of the ratios.
+        assert (result["ratio_to_reference"] is None) == (result["implementation"] == "swinv2")
+    assert values["targets"] == []  # the targets are about batch 8, not measured here
+    table = report.format()
+    assert "GFLOP/s" in table and table.count("\n") >= len(report.results)
+
+
+def test_benchmark_command_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    status = main(["benchmark", "--img-size", "32", "--window-size", "4", "--batch-size", "1", "--modes", "inference",
+                   "--precisions", "fp32", "--implementations", "swinv2", "swinv2-plain", "--repeats", "1",
+                   "--warmup", "0", "--json", str(path)])
+    assert status == 0
+    values = json.loads(path.read_text())
+    assert [r["implementation"] for r in values["results"]] == ["swinv2", "swinv2-plain"]
+    assert values["flops_per_image"]["inference"] > 0
+    assert "swinv2-plain" in capsys.readouterr().out
+
+
+def test_benchmark_command_refuses_a_bad_batch(capsys):
+    assert main(["benchmark", "--batch-size", "0", "--implementations", "swinv2"]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,253 @@
+"""Issue 7, the fast path: attention through F.scaled_dot_product_attention ("sdpa") against the reference
+matmul + softmax ("plain"), forward and gradients, and the cached position bias against a fresh computation
+after everything that can change it. Every parameter is random (conftest.randomize_)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_ARCHITECTURE, TINY_CLASSES, randomize_
+
+from swinv2 import SwinTransformerV2, SwinV2Config
+from swinv2.models import blocks as blocks_module
+from swinv2.models.attention import WindowAttention
+
+CASES = {
+    # TINY: shifted stages 0 and 1, an unshifted stage 2 (map = window), a clamped stage 3 (2x2 map, window 2).
+    "shifted-and-clamped": {},
+    # 72 px: every map padded to whole windows, padding masked (shifted blocks get shift + padding masks).
+    "padding": {"strict_img_size": False},
+    # Chunks of 3 windows: not a multiple of the 16 or 4 windows of an image, so chunks straddle images.
+    "chunked": {"attention_chunk_size": 3},
+    # A window of 3 on 16x16 and 8x8 maps: windows 3x3 with padding, stage 2 4x4 map padded to 6x6.
+    "odd-window": {"window_size": 3, "strict_img_size": False},
+}
+SIZES = {"padding": 72, "odd-window": 64}
+
+
+def pair(case: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> tuple[SwinTransformerV2, SwinTransformerV2]:
+    """The same random weights in a plain and an sdpa model, in eval mode."""
+    config = SwinV2Config(**{**TINY_ARCHITECTURE, **CASES[case]}, num_classes=TINY_CLASSES, drop_path_rate=0.0)
+    plain = randomize_(SwinTransformerV2(config.replace(attention_impl="plain")), seed=seed).to(dtype).eval()
+    fast = SwinTransformerV2(config.replace(attention_impl="sdpa")).to(dtype).eval()
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+def images(case: str, batch: int = 3, dtype: torch.dtype = torch.float32, seed: int = 7) -> torch.Tensor:
+    size = SIZES.get(case, 64)
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, what: str) -> None:
+    """|actual - expected| <= tolerance * max|expected|, elementwise."""
+    scale = expected.abs().max().item()
+    error = (actual - expected).abs().max().item()
+    assert error <= tolerance * max(scale, 1e-12), f"{what}: max error {error:.3g} vs scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sdpa_forward_and_gradients_match_plain_in_fp32(case):
+    plain, fast = pair(case)
+    x = images(case)
+    projection = torch.randn(x.shape[0], TINY_CLASSES, generator=torch.Generator().manual_seed(3))
+    outputs = {}
+    for name, model in (("plain", plain), ("sdpa", fast)):
+        pixels = x.clone().requires_grad_(True)
+        logits = model(pixels)
+        (logits * projection).sum().backward()
+        outputs[name] = logits.detach(), pixels.grad, {n: p.grad for n, p in model.named_parameters()}
+    (logits_plain, pixels_plain, grads_plain), (logits_fast, pixels_fast, grads_fast) = outputs.values()
+    assert_close_to_scale(logits_fast, logits_plain, 1e-5, "logits")
+    assert_close_to_scale(pixels_fast, pixels_plain, 1e-5, "input gradient")
+    # Parameter gradients relative to the model's largest: a parameter with tiny gradients has only rounding.
+    largest = max(grad.abs().max().item() for grad in grads_plain.values())
+    for name, grad in grads_plain.items():
+        error = (grads_fast[name] - grad).abs().max().item()
+        assert error <= 1e-5 * largest, f"gradient of {name}: max error {error:.3g}, largest gradient {largest:.3g}"
+    with torch.no_grad():  # the cached path
+        assert_close_to_scale(fast(x), plain(x), 1e-5, "logits under no_grad")
+
+
+def test_sdpa_equals_plain_in_float64_to_rounding():
+    plain, fast = pair("shifted-and-clamped", dtype=torch.float64)
+    x = images("shifted-and-clamped", dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-12, atol=1e-12)
+
+
+def test_auto_uses_sdpa_for_cpu_inference_and_plain_for_cpu_training(tiny_config):
+    attention = SwinTransformerV2(tiny_config).layers[0].blocks[1].attn
+    assert attention.attention_impl == "auto"
+    x = torch.zeros(2, 16, tiny_config.embed_dim)
+    with torch.no_grad():
+        assert attention.use_sdpa(x)
+    assert not attention.use_sdpa(x)  # grad enabled, the bias needs its gradient
+    attention.cpb_mlp.requires_grad_(False)
+    assert attention.use_sdpa(x)  # frozen CPB MLP: the mask needs no gradient
+    assert not attention.use_sdpa(x.to("meta"))  # FLOP counting on meta runs the reference
+
+
+def test_auto_matches_plain_in_training_and_inference(tiny_config):
+    plain = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="plain")))
+    auto = copy.deepcopy(plain)
+    for module in auto.modules():
+        if isinstance(module, WindowAttention):
+            module.attention_impl = "auto"
+    x = images("shifted-and-clamped")
+    torch.testing.assert_close(auto(x), plain(x), rtol=0, atol=0)  # training: auto is the plain path
+    with torch.no_grad():
+        assert_close_to_scale(auto.eval()(x), plain.eval()(x), 1e-5, "eval")
+
+
+def test_unknown_attention_impl_is_refused():
+    with pytest.raises(ValueError, match="attention_impl"):
+        SwinV2Config(attention_impl="flash")
+
+
+# ------------------------------------------------------------------------------- the cached bias
+def fresh_plain(model: SwinTransformerV2) -> SwinTransformerV2:
+    """An independent plain model with `model`'s configuration and current weights: no cache to be stale."""
+    reference = SwinTransformerV2(model.config.replace(attention_impl="plain")).to(next(model.parameters()).dtype)
+    reference.load_state_dict(model.state_dict())
+    return reference.eval()
+
+
+def count_bias_computations(monkeypatch) -> list[int]:
+    calls = [0]
+    original = WindowAttention.position_bias
+
+    def counting(self):
+        calls[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(WindowAttention, "position_bias", counting)
+    return calls
+
+
+def test_bias_is_computed_once_in_inference(tiny_config, monkeypatch):
+    model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa"))).eval()
+    calls = count_bias_computations(monkeypatch)
+    x = images("shifted-and-clamped")
+    with torch.no_grad():
+        first = model(x)
+        blocks = calls[0]
+        assert blocks == sum(tiny_config.depths)
+        second = model(x)
+    assert calls[0] == blocks  # the second pass reused every block's bias
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    model(x).sum().backward()  # grad enabled: recomputed in the graph, never the cached tensor
+    assert calls[0] == 2 * blocks
+    assert model.layers[0].blocks[0].attn.cpb_mlp[0].weight.grad is not None
+
+
+def test_cache_follows_load_state_dict(tiny_config):
+    model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa")), seed=0).eval()
+    other = randomize_(SwinTransformerV2(tiny_config), seed=1)
+    x = images("shifted-and-clamped")
+    with torch.no_grad():
+        before = model(x)
+        model.load_state_dict(other.state_dict())
+        after = model(x)
+        assert (after - before).abs().max() > 1e-2
+        assert_close_to_scale(after, fresh_plain(model)(x), 1e-5, "after load_state_dict")
+
+
+def test_cache_follows_an_optimizer_step_and_in_place_edits(tiny_config):
+    model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa")))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    x = images("shifted-and-clamped")
+    model.eval()
+    with torch.no_grad():
+        model(x)  # fills the cache
+    model.train()
+    torch.nn.functional.cross_entropy(model(x), torch.arange(3)).backward()
+    optimizer.step()  # moves every CPB MLP weight by about lr
+    model.eval()
+    with torch.no_grad():
+        assert_close_to_scale(model(x), fresh_plain(model)(x), 1e-5, "after an optimizer step")
+        model.layers[1].blocks[1].attn.cpb_mlp[2].weight.mul_(-1.0)  # in place, as a user or EMA would
+        assert_close_to_scale(model(x), fresh_plain(model)(x), 1e-5, "after an in-place edit")
+
+
+def test_cache_follows_dtype_and_set_input_size(tiny_config):
+    model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa"))).eval()
+    x = images("shifted-and-clamped")
+    with torch.no_grad():
+        model(x)
+        model.double()
+        torch.testing.assert_close(model(x.double()), fresh_plain(model)(x.double()), rtol=1e-10, atol=1e-10)
+        model.float()
+        model.set_input_size(img_size=128, window_size=8)  # new windows, tables, indices and masks
+        large = images("shifted-and-clamped").repeat(1, 1, 2, 2)
+        assert_close_to_scale(model(large), fresh_plain(model)(large), 1e-5, "after set_input_size")
+
+
+def test_masks_are_built_once_per_size(monkeypatch):
+    config = SwinV2Config(**TINY_ARCHITECTURE, num_classes=TINY_CLASSES, drop_path_rate=0.0, strict_img_size=False)
+    model = randomize_(SwinTransformerV2(config)).eval()
+    built = [0]
+    original = blocks_module.window_attention_mask
+
+    def counting(*args):
+        built[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(blocks_module, "window_attention_mask", counting)
+    with torch.no_grad():
+        model(images("shifted-and-clamped"))  # the configured size: the blocks' buffers
+        assert built[0] == 0
+        model(images("padding"))  # another size: one mask per block
+        assert built[0] == sum(TINY_ARCHITECTURE["depths"])
+        model(images("padding"))
+        assert built[0] == sum(TINY_ARCHITECTURE["depths"])
+
+
+# --------------------------------------------------------------------------------- bf16 and graphs
+def test_bf16_autocast_stays_finite_and_close(tiny_config):
+    """Large activations and the temperature at its clamp: normalisation in fp32, softmax accumulated in fp32."""
+    plain, fast = pair("shifted-and-clamped")
+    with torch.no_grad():
+        for model in (plain, fast):
+            for name, parameter in model.named_parameters():
+                if name.endswith("logit_scale"):
+                    parameter.fill_(10.0)  # clamped to ln 100: logits up to +-100
+    x = 1e3 * images("shifted-and-clamped")
+    with torch.no_grad():
+        reference = plain(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low_plain, low_fast = plain(x).float(), fast(x).float()
+    assert torch.isfinite(low_fast).all()
+    # bf16 keeps 8 bits: compare with the fp32 result at the error the plain path itself has in bf16.
+    plain_error = (low_plain - reference).abs().max().item()
+    fast_error = (low_fast - reference).abs().max().item()
+    assert fast_error <= 2 * plain_error + 1e-2 * reference.abs().max().item(), (fast_error, plain_error)
+
+
+def test_bf16_training_step_through_sdpa_is_finite(tiny_config):
+    model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(images("shifted-and-clamped")), torch.arange(3))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_torch_export_of_the_sdpa_path_with_dynamic_batch(tiny_config):
+    model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa"))).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        program = torch.export.export(model, (images("shifted-and-clamped", batch=2),), dynamic_shapes={"x": {0: batch}})
+        x = images("shifted-and-clamped", batch=5)
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_of_the_sdpa_path(tiny_config):
+    model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa"))).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    x = images("shifted-and-clamped")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
