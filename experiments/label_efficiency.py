@@ -1,8 +1,8 @@
 """Label efficiency of SimMIM pre-training on Fashion-MNIST, measured on 2 CPU cores in under an hour.
 
-    python experiments/label_efficiency.py            # the full run (~35-40 min): writes docs/label-efficiency.md,
+    python -m experiments.label_efficiency            # the full run (~35-40 min): writes docs/label-efficiency.md,
                                                       # docs/label-efficiency.json, docs/images/label-efficiency.png
-    python experiments/label_efficiency.py --quick    # a few minutes: the same pipeline on small budgets,
+    python -m experiments.label_efficiency --quick    # a few minutes: the same pipeline on small budgets,
                                                       # written under runs/label-efficiency-quick/ (docs/ untouched)
 
 1. SimMIM pre-training (`swinv2.train.pretrain.pretrain`, recipe `simmim-fashion-mnist`) on the 60,000
@@ -19,24 +19,19 @@ output (configuration, logs, curves, checkpoints) is kept under the work directo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import platform
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from experiments.common import ROOT, machine, quiet, spread, summarise
 from swinv2.train.config import PretrainConfig, load_config
 from swinv2.train.loop import train
 from swinv2.train.metrics import read_metrics
 from swinv2.train.pretrain import SIMMIM_FILE, pretrain
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAIN_IMAGES_PER_CLASS = 6000  # Fashion-MNIST: 60,000 training images, 10 balanced classes
 
 
@@ -65,16 +60,6 @@ QUICK = Budget(pretrain_epochs=1, pretrain_images=5120, pretrain_compile=False,
                fractions={"1%": 60, "10%": 600}, fine_tune_steps={"1%": 12, "10%": 24}, fine_tune_batch=64,
                seeds=(0, 1), test_images=1000,
                pretrain_overrides=["data.max_val_images=500", "run.eval_every=1", "run.log_every=5"])
-
-
-@contextlib.contextmanager
-def quiet(log: Path):
-    """Send a run's own printing (resolved configuration, progress lines) to its log file, and the library's
-    expected warning about the SimMIM checkpoint's missing head with it."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w", encoding="utf-8") as file, contextlib.redirect_stdout(file), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        yield
 
 
 def images_per_second(run_dir: Path) -> float | None:
@@ -127,11 +112,6 @@ def run_fine_tune(budget: Budget, work: Path, fraction: str, seed: int, init_fro
             "wall_seconds": result.wall_seconds, "images_per_second": images_per_second(result.run_dir)}
 
 
-def summarise(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
-
-
 def table(results: dict) -> str:
     """The markdown table: mean ± std (sample standard deviation over seeds) and each seed's top-1."""
     runs = results["fine_tune"]
@@ -176,7 +156,7 @@ targets normalised over 7x7 px) runs once; the encoder saw no label, so every se
 
 def markdown(results: dict | None) -> str:
     if results is None:
-        body = ("*Not measured yet*: run `python experiments/label_efficiency.py` (about 35-40 minutes on 2 CPU cores);\n"
+        body = ("*Not measured yet*: run `python -m experiments.label_efficiency` (about 35-40 minutes on 2 CPU cores);\n"
                 "it rewrites this file with the table, the per-seed values and the wall times.")
     else:
         machine = results["machine"]
@@ -185,8 +165,8 @@ def markdown(results: dict | None) -> str:
                 f"Wall time ({machine}):\n\n{wall_times(results)}\n\n"
                 "![label efficiency](images/label-efficiency.png)\n\nAll numbers: `docs/label-efficiency.json`.")
     return (f"# Label efficiency: SimMIM pre-training on Fashion-MNIST\n\n{body}\n\n## Method\n\n{METHOD}\n\n"
-            "## Reproduce\n\n```sh\npython experiments/label_efficiency.py          # the full run, writes docs/\n"
-            "python experiments/label_efficiency.py --quick  # a few minutes, writes runs/label-efficiency-quick/\n```\n")
+            "## Reproduce\n\n```sh\npython -m experiments.label_efficiency          # the full run, writes docs/\n"
+            "python -m experiments.label_efficiency --quick# a few minutes, writes runs/label-efficiency-quick/\n```\n")
 
 
 def bar_chart(results: dict, png: Path) -> None:
@@ -202,8 +182,7 @@ def bar_chart(results: dict, png: Path) -> None:
         for index, fraction in enumerate(fractions):
             values = [run["top1"] for run in runs if run["fraction"] == fraction and run["init"] == init]
             mean = statistics.mean(values)
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            axes.bar(index + offset, mean, width, yerr=spread, capsize=4, color=colour, label=label if index == 0 else None)
+            axes.bar(index + offset, mean, width, yerr=spread(values), capsize=4, color=colour, label=label if index == 0 else None)
             axes.scatter([index + offset] * len(values), values, color="black", s=10, zorder=3)
     axes.set_xticks(range(len(fractions)), [f"{fraction} of the labels" for fraction in fractions])
     axes.set_ylabel(f"top-1 on {results['test_images']} test images (%)")
@@ -229,12 +208,23 @@ def estimate_full(results: dict) -> float:
     return seconds
 
 
+def write_docs(results: dict, docs: Path) -> None:
+    """The page and the chart, from the measured results."""
+    (docs / "label-efficiency.md").write_text(markdown(results), encoding="utf-8")
+    bar_chart(results, docs / "images" / "label-efficiency.png")
+    print(f"\n{table(results)}\n\n{wall_times(results)}\n")
+    print(f"wrote {docs / 'label-efficiency.md'}, {docs / 'label-efficiency.json'}, "
+          f"{docs / 'images' / 'label-efficiency.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few minutes on small budgets; docs/ is left alone")
     parser.add_argument("--work-dir", type=Path, help="where the runs go (default runs/label-efficiency[-quick])")
     parser.add_argument("--docs", type=Path, help="where the table, JSON and chart go (default docs/, or the work "
                                                   "directory with --quick)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the page and chart from the measured "
+                                                                "label-efficiency.json (after a change to their layout)")
     parser.add_argument("--template", action="store_true", help="only write the not-yet-measured docs page")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
@@ -243,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.template:
         (docs / "label-efficiency.md").write_text(markdown(None), encoding="utf-8")
         return 0
+    if args.render:
+        write_docs(json.loads((docs / "label-efficiency.json").read_text(encoding="utf-8")), docs)
+        return 0
 
     started = time.perf_counter()
     results = {"budget": {"pretrain_epochs": budget.pretrain_epochs, "pretrain_images": budget.pretrain_images or 60000,
                           "fractions": budget.fractions, "fine_tune_steps": budget.fine_tune_steps,
                           "fine_tune_batch": budget.fine_tune_batch, "seeds": list(budget.seeds)},
                "quick": args.quick, "test_images": budget.test_images or 10000,
-               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
+               "machine": machine()}
     results["pretrain"] = run_pretraining(budget, work)
     print("fine-tuning and training from scratch, the same steps for both:", flush=True)
     results["fine_tune"] = [
@@ -261,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "label-efficiency.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (docs / "label-efficiency.md").write_text(markdown(results), encoding="utf-8")
-    bar_chart(results, docs / "images" / "label-efficiency.png")
-    print(f"\n{table(results)}\n\n{wall_times(results)}\n")
-    print(f"wrote {docs / 'label-efficiency.md'}, {docs / 'label-efficiency.json'}, "
-          f"{docs / 'images' / 'label-efficiency.png'}")
+    write_docs(results, docs)
     if args.quick:
         print(f"estimated time of the full run on this machine: {estimate_full(results) / 60:.0f} min")
     return 0

@@ -1,5 +1,7 @@
-"""Training stability (paper Fig. 2, Table 6): the amplitude of the main branch across depth, pre-norm vs
-residual post-norm, for a deep narrow SwinV2 on Fashion-MNIST.
+"""Training stability (paper Fig. 2, Table 6): activation amplitude across depth, pre-norm vs res-post-norm.
+
+The amplitude of the main branch across depth, pre-norm vs residual post-norm, for a deep narrow SwinV2 on
+Fashion-MNIST.
 
     python -m experiments.stability            # ~10 min on 2 cores: writes docs/stability.md,
                                                # docs/stability.json, docs/images/stability.png

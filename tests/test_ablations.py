@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import randomize_
 
 from swinv2 import create_model
-from swinv2.checkpoints import export_state_dict
+from swinv2.checkpoints import export_state_dict, load_pretrained, save_pretrained
 from swinv2.errors import CheckpointError, ConfigError
 from swinv2.models.blocks import SwinTransformerV2Block
 from swinv2.models.position_bias import relative_coordinates_table
@@ -136,6 +136,27 @@ def test_bias_table_is_resized_bicubically_when_the_window_changes():
     assert resized.shape == (15 * 15, 1)
     torch.testing.assert_close(resized, torch.full_like(resized, 0.25))
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_table_checkpoint_of_another_window_loads_resized(tmp_path):
+    """Fine-tuning a v1-table checkpoint at a larger window: the loader resizes the table as set_input_size
+    does. Bicubic with half-pixel centres maps the middle of 15 onto the middle of 7 exactly, so each head's
+    bias for offset (0, 0) survives unchanged: a value computed without the resize code."""
+    small = create_model("swinv2_tiny_window8_256", img_size=32, embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                         window_size=4, num_classes=3, **V1)
+    randomize_(small)
+    save_pretrained(small, tmp_path / "w4")
+    large = create_model("swinv2_tiny_window8_256", img_size=64, embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                         window_size=8, num_classes=3, **V1)
+    load_pretrained(large, tmp_path / "w4")
+    for name, table in small.state_dict().items():
+        if name.endswith("relative_position_bias_table"):
+            loaded = large.state_dict()[name]
+            assert loaded.shape == (15 * 15, table.shape[1])
+            torch.testing.assert_close(loaded.view(15, 15, -1)[7, 7], table.view(7, 7, -1)[3, 3])
+    small.set_input_size(img_size=64, window_size=8)
+    image = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(large.eval()(image), small.eval()(image))
 
 
 def test_bad_ablation_switches_and_hf_export_are_refused():

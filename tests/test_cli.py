@@ -87,6 +87,7 @@ def test_info_overrides_and_json(capsys):
     ["info", "swinv2_tiny_window8_256", "--img-size", "100"],
     ["demo", "--image", "/no/such/image.png"],
     ["list", "no_such_pattern"],
+    ["experiment", "no_such_experiment"],
 ])
 def test_library_errors_are_one_line_and_exit_2(capsys, argv):
     code, out, err = run(capsys, *argv)
@@ -223,3 +224,15 @@ def test_convert_of_a_missing_file_is_an_error_line(capsys, tmp_path):
     code, _, err = run(capsys, "convert", str(tmp_path / "missing.pth"), str(tmp_path / "out.pth"))
     assert code == 2
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------- experiment
+def test_experiment_lists_each_script_under_experiments(capsys):
+    from pathlib import Path
+
+    scripts = {path.stem.replace("_", "-") for path in (Path(__file__).parent.parent / "experiments").glob("*.py")}
+    code, out, _ = run(capsys, "experiment")
+    assert code == 0
+    listed = {line.split()[0] for line in out.splitlines()[:-2] if line.strip()}
+    assert listed == scripts - {"--init--", "common"}
+    assert {"stability", "resolution-gap", "label-efficiency"} <= listed

@@ -1,4 +1,4 @@
-"""`swinv2` command line: info, list, convert, demo, train, pretrain, eval, predict. Run `swinv2 COMMAND --help` for each.
+"""`swinv2` command line: info, list, convert, demo, train, pretrain, eval, predict, benchmark, experiment. Run `swinv2 COMMAND --help` for each.
 
 Library errors (`SwinV2Error`) and file errors are printed as one line `error: ...` with exit status 2,
 the status argparse uses for a bad command line: both mean "the input was wrong", not "a bug"."""
@@ -208,6 +208,48 @@ def command_benchmark(args: argparse.Namespace) -> None:
     run_from_args(args, progress=lambda case: print(f"measuring {case} ...", file=sys.stderr, flush=True))
 
 
+def experiments_directory() -> Path:
+    """The source checkout's experiments/ (the repository root's, or the working directory's)."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (root / "experiments" / "__init__.py").is_file():
+            return root / "experiments"
+    raise InputError("the experiments ship with the source repository, not with the installed package: "
+                     "run `swinv2 experiment` inside a clone of it (or `python -m experiments.NAME` there)")
+
+
+def available_experiments(directory: Path) -> dict[str, str]:
+    """Experiment name (hyphenated) -> the first line of its module docstring."""
+    found = {}
+    for path in sorted(directory.glob("*.py")):
+        if path.stem in ("__init__", "common"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        summary = text.split('"""')[1].strip().splitlines()[0] if text.startswith('"""') else ""
+        found[path.stem.replace("_", "-")] = summary
+    return found
+
+
+def command_experiment(args: argparse.Namespace) -> None:
+    import importlib
+
+    directory = experiments_directory()
+    known = available_experiments(directory)
+    if args.name is None:
+        width = max(map(len, known))
+        for name, summary in known.items():
+            print(f"{name:<{width}}  {summary}")
+        print("\nrun one: swinv2 experiment NAME [--quick]; its docs page names what it measured")
+        return
+    name = args.name.replace("_", "-")
+    if name not in known:
+        raise InputError(f"no experiment named {args.name!r}; the experiments are: {', '.join(known)}")
+    sys.path.insert(0, str(directory.parent))
+    module = importlib.import_module(f"experiments.{name.replace('-', '_')}")
+    status = module.main(args.arguments)
+    if status:
+        raise SystemExit(status)
+
+
 # ---------------------------------------------------------------------------------------- parser
 def add_model_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """The model name and the constructor overrides that `info` and `demo` share."""
@@ -323,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark = add_command(commands, "benchmark", command_benchmark,
                             "images/s and GFLOP/s of inference and training steps, against Hugging Face's Swinv2")
     add_benchmark_arguments(benchmark)
+
+    experiment = add_command(commands, "experiment", command_experiment,
+                             "reproduce one of the paper's claims at small scale (from a clone of the repository); "
+                             "without NAME, list them")
+    experiment.add_argument("name", nargs="?", metavar="NAME", help="e.g. stability, resolution-gap, label-efficiency")
+    experiment.add_argument("arguments", nargs=argparse.REMAINDER, metavar="...",
+                            help="passed to the experiment, e.g. --quick")
     return parser
 
 

@@ -3,9 +3,12 @@ the save_pretrained / from_pretrained directory format.
 
 Buffers (coordinate tables, position index, shift masks) are never taken from a file: the model
 rebuilt them for its own window and resolution, and the CPB MLP that reads them transfers as is.
-That is what lets window-16 weights load into a window-8 model."""
+That is what lets window-16 weights load into a window-8 model. Swin v1 bias tables (the `position_bias=
+"table"` ablation) are parameters sized by the window: one of another window is resized bicubically, as
+`set_input_size` does, so those checkpoints fine-tune at another window too."""
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -17,6 +20,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import SwinTransformerV2
+from ..models.position_bias import resize_bias_table
 from .configs import infer_config, project_config_json
 from .io import (
     TORCH_SUFFIXES,
@@ -44,12 +48,34 @@ def load_state_dict_into(
     if config is not None and config.features_only:
         # A dense backbone has no final norm and no classifier: a classifier checkpoint's are not for it.
         state = {key: value for key, value in state.items() if not key.startswith(("norm.", "head."))}
+    state = fit_bias_tables(model, state)
     expected = model.state_dict()
     # The body first: when nothing fits, advice about the head would mislead.
     check_fits(state, expected, layout, ignore=HEAD_KEYS)
     state = resolve_head(state, expected, reset_head)
     check_fits(state, expected, layout)
     model.load_state_dict(state, strict=True)
+
+
+def fit_bias_tables(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with each square Swin v1 bias table of another window resized to the model's window.
+    Anything else that does not fit is left for `check_fits` to report."""
+    fitted = dict(state)
+    for key, table in state.items():
+        if not key.endswith(".relative_position_bias_table") or table.dim() != 2:
+            continue
+        try:
+            module = model.get_submodule(key.rsplit(".", 1)[0])
+        except AttributeError:
+            continue
+        wanted = getattr(module, "bias_table_size", None)
+        side = math.isqrt(table.shape[0])
+        if wanted is None or table.shape[0] == math.prod(wanted) or side * side != table.shape[0]:
+            continue
+        if table.shape[1] != module.num_heads:
+            continue
+        fitted[key] = resize_bias_table(table, (side, side), wanted)
+    return fitted
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, reset_head: bool = False) -> nn.Module:

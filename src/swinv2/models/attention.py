@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
 
-from .position_bias import relative_coordinates_table, relative_position_index
+from .position_bias import relative_coordinates_table, relative_position_index, resize_bias_table
 
 # A Python float, not a tensor: a CPU tensor bound breaks on CUDA and under graph capture.
 MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
@@ -127,18 +127,14 @@ class WindowAttention(nn.Module):
         )
         self.bias_cache = None  # new buffers would miss the cache anyway; this frees it now
 
-    @torch.no_grad()
     def resize_bias_table(self, window: tuple[int, int]) -> None:
-        """Swin v1's transfer to another window: the (2Wh-1)(2Ww-1) x heads table, viewed as a
-        (heads, 2Wh-1, 2Ww-1) image, resized bicubically."""
+        """Swin v1's transfer to another window: the table resized bicubically (`resize_bias_table`)."""
         table = self.relative_position_bias_table
         size = (2 * window[0] - 1, 2 * window[1] - 1)
         if size == self.bias_table_size:
             return
-        image = table.t().reshape(1, self.num_heads, *self.bias_table_size)  # (1, heads, 2Wh'-1, 2Ww'-1)
-        image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False)
-        resized = image.reshape(self.num_heads, -1).t().to(table.dtype)
-        self.relative_position_bias_table = nn.Parameter(resized.contiguous(), requires_grad=table.requires_grad)
+        resized = resize_bias_table(table, self.bias_table_size, size)
+        self.relative_position_bias_table = nn.Parameter(resized, requires_grad=table.requires_grad)
         self.bias_table_size = size
 
     def bias_parameters(self) -> list[torch.Tensor]:

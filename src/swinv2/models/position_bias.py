@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def relative_coordinates_table(
@@ -38,3 +39,12 @@ def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)  # (2, N)
     relative = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
     return (relative[0] + wh - 1) * (2 * ww - 1) + (relative[1] + ww - 1)
+
+
+def resize_bias_table(table: torch.Tensor, size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
+    """Swin v1's transfer of a learnt bias table to another window: the (size_h * size_w, heads) table,
+    viewed as a (heads, size_h, size_w) image, resized bicubically to `new_size` ((2Wh-1, 2Ww-1))."""
+    heads = table.shape[1]
+    image = table.detach().t().reshape(1, heads, *size)
+    image = F.interpolate(image.float(), size=new_size, mode="bicubic", align_corners=False)
+    return image.reshape(heads, -1).t().to(table.dtype).contiguous()
