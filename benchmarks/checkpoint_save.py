@@ -6,8 +6,8 @@
 The save is the loop's own (`CheckpointManager.save`: state dicts gathered, `torch.save` to a temporary
 file, fsync, rename, latest.json, pruning), of the model, the AdamW moments (after one real step, so
 they exist), the schedule and the random generators. The training step (forward, loss, backward, AdamW;
-bf16 autocast as the loop runs on CPU) is timed in the same process, so the ratio says what fraction of a
-step one save is; a run that saves every N steps pays ratio / N."""
+in the precision the loop picks here: bf16 autocast on CPUs with bf16 instructions, else fp32) is timed in
+the same process, so the ratio says what fraction of a step one save is; a run that saves every N steps pays ratio / N."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from swinv2 import create_model
 from swinv2.train.checkpointing import CheckpointManager, RandomState, TrainingProgress
 from swinv2.train.distributed import Distributed
+from swinv2.train.precision import autocast, resolve_precision
 
 
 def main() -> None:
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
+    precision = resolve_precision("auto", "cpu")
     torch.manual_seed(0)
     model = create_model(args.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -38,7 +40,7 @@ def main() -> None:
 
     def step() -> float:
         started = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16):
+        with autocast("cpu", precision):
             loss = F.cross_entropy(model(images).float(), labels)
         loss.backward()
         optimizer.step()
@@ -66,7 +68,7 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"one save: median {save:.2f} s (min {min(save_seconds):.2f}, max {max(save_seconds):.2f}) over {args.saves}; "
           f"collecting the state dicts {statistics.median(gather_seconds) * 1000:.0f} ms")
-    print(f"one training step at batch {args.batch_size} (bf16 autocast): {step_seconds:.2f} s; "
+    print(f"one training step at batch {args.batch_size} ({precision}): {step_seconds:.2f} s; "
           f"a save costs {save / step_seconds:.2f} steps")
 
 

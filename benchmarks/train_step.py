@@ -4,7 +4,8 @@
     python benchmarks/train_step.py model.overrides.mlp_ratio=4.0    # any recipe override
     python benchmarks/train_step.py --recipe imagenet-1k-scratch --batch-size 8 --no-compile
 
-One process, the recipe's model compiled as the loop compiles it, bf16 autocast on the CPU, random
+One process, the recipe's model compiled as the loop compiles it, in the recipe's precision as the loop
+resolves it (bf16 autocast on CPUs with bf16 instructions, else fp32; `--precision` to choose), random
 uint8 images of the recipe's size: the numbers are for comparing shapes on one machine, run back to back."""
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from swinv2.data import DATASET_STATS, TrainAugmentation, soft_target_cross_entr
 from swinv2.train.config import load_config
 from swinv2.train.loop import build_model
 from swinv2.train.optim import build_optimizer
+from swinv2.train.precision import autocast, resolve_precision
 
 PARTS = ("augmentation", "forward", "backward", "optimizer")
 
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--precision", default=None, help="auto, fp32 or bf16 (default: the recipe's)")
     args = parser.parse_args()
     config = load_config(args.recipe, ["optim.layer_decay=null", *args.overrides])
     torch.manual_seed(0)
@@ -40,6 +43,7 @@ def main() -> None:
     optimizer = build_optimizer(model, config.optim, 1e-3)
     forward = model if args.no_compile else torch.compile(model)
     batch = args.batch_size or config.run.batch_size
+    precision = resolve_precision(args.precision or config.run.precision, "cpu")
     height, width = model.config.img_size
     images = torch.randint(0, 256, (batch, channels, height, width), dtype=torch.uint8)
     labels = torch.randint(0, classes, (batch,))
@@ -48,7 +52,7 @@ def main() -> None:
         marks = [time.perf_counter()]
         inputs, targets = augmentation(images, labels)
         marks.append(time.perf_counter())
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", precision):
             loss = soft_target_cross_entropy(forward(inputs).float(), targets)
         marks.append(time.perf_counter())
         loss.backward()
@@ -70,7 +74,7 @@ def main() -> None:
         step(totals)
     seconds = time.perf_counter() - started
     parts = ", ".join(f"{part} {totals[part] / args.steps * 1000:.1f}" for part in PARTS)
-    print(f"batch {batch}: {parts} ms/step; {args.steps * batch / seconds:.0f} images/s")
+    print(f"batch {batch}, {precision}: {parts} ms/step; {args.steps * batch / seconds:.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_peers_share_the_weights_and_compute_the_same_function():
 
 def test_report_has_every_case_and_its_fields():
     report = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2", "hf"], batch_sizes=[1, 2],
-                 train_batch_sizes=[2], warmup=0, repeats=2)
+                 train_batch_sizes=[2], warmup=0, repeats=2, peak_sizes=[128])
     cases = {(r.mode, r.precision, r.batch_size, r.implementation) for r in report.results}
     assert cases == {(mode, precision, batch, name)
                      for mode, batches in (("inference", (1, 2)), ("train", (2,)))
@@ -89,7 +89,7 @@ def test_benchmark_command_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     status = main(["benchmark", "--img-size", "32", "--window-size", "4", "--batch-size", "1", "--modes", "inference",
                    "--precisions", "fp32", "--implementations", "swinv2", "swinv2-plain", "--repeats", "1",
-                   "--warmup", "0", "--json", str(path)])
+                   "--warmup", "0", "--peak-sizes", "128", "--json", str(path)])
     assert status == 0
     values = json.loads(path.read_text())
     assert [r["implementation"] for r in values["results"]] == ["swinv2", "swinv2-plain"]

@@ -142,8 +142,31 @@ def test_sections_check_values_built_in_python():
 
 
 # ------------------------------------------------------------------------------------ precision
-def test_precision_resolution_on_cpu():
+def cpu_flags() -> set[str]:
+    """The kernel's list of this CPU's instruction-set extensions (independent of torch's detection)."""
+    for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not cpu_flags(), reason="needs Linux's /proc/cpuinfo")
+def test_auto_precision_on_cpu_is_bf16_only_with_bf16_instructions():
+    """bf16 autocast pays only where the CPU multiplies bf16 in hardware; elsewhere it is emulated (slower than fp32)."""
+    native = bool(cpu_flags() & {"amx_bf16", "amx_tile", "avx512_bf16"})
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+
+
+def test_auto_precision_follows_the_cpu_capability(monkeypatch):
+    import swinv2.train.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_precision_resolution_on_cpu():
     assert resolve_precision("fp32", "cpu") == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
@@ -155,7 +178,7 @@ def test_precision_resolution_on_cpu():
 
 def test_autocast_on_cpu_runs_matmuls_in_bf16():
     a = torch.randn(4, 4)
-    with autocast("cpu", "auto"):
+    with autocast("cpu", "bf16"):
         assert (a @ a).dtype == torch.bfloat16
     with autocast("cpu", "fp32"):
         assert (a @ a).dtype == torch.float32

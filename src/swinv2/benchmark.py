@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InputError, SwinV2Error
 from .models import SwinTransformerV2, create_model
+from .train.precision import cpu_has_fast_bf16
 
 IMPLEMENTATIONS = ("swinv2", "swinv2-plain", "swinv2-compiled", "hf")
 MODES = ("inference", "train")
@@ -243,6 +245,7 @@ def run(
     device: str = "cpu",
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    peak_sizes: Sequence[int] = (1024, 2048),
 ) -> Report:
     """Measure every (mode, precision, batch size) case for every implementation; see the module doc."""
     check_choices(implementations, IMPLEMENTATIONS, "implementation")
@@ -259,7 +262,7 @@ def run(
     config = reference.config
     flops = {mode: flops_per_image(reference, mode) for mode in modes}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peak = {precision: matmul_peak_gflops(dtypes[precision], target) for precision in precisions}
+    peak = {precision: matmul_peak_gflops(dtypes[precision], target, peak_sizes) for precision in precisions}
     report = Report(
         model=model, config=config.to_dict(), machine=machine(target), peak_gflops=peak, flops_per_image=flops,
         settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats,
@@ -373,23 +376,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME", help=f"peers, the first is the reference of the ratios "
                                              f"(default swinv2 hf; choices {', '.join(IMPLEMENTATIONS)})")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="default both")
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
-                        help="fp32 and/or bf16 autocast (default both)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
+                        help="fp32 and/or bf16 autocast (default both where the device computes bf16 in "
+                             "hardware, else fp32: emulated bf16 would take hours and measure nothing useful)")
     parser.add_argument("--attention-impl", default="auto", choices=("auto", "sdpa", "plain"),
                         help="attention of the swinv2 and swinv2-compiled peers (default auto)")
     parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed rounds first (default 2)")
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed rounds (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default torch's)")
+    parser.add_argument("--peak-sizes", type=int, nargs="+", default=[1024, 2048], metavar="N",
+                        help="square torch.mm sizes of the matmul peak (default 1024 2048)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+
+
+def default_precisions(device: str) -> list[str]:
+    """fp32, and bf16 where the device multiplies bf16 in hardware (AMX / AVX-512 BF16 CPUs, bf16 GPUs)."""
+    target = torch.device(device)
+    if target.type == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = target.type == "cpu" and cpu_has_fast_bf16()
+    return ["fp32", "bf16"] if native else ["fp32"]
 
 
 def run_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> Report:
     overrides = {name: getattr(args, name) for name in ("img_size", "window_size") if getattr(args, name)}
+    precisions = args.precisions or default_precisions(args.device)
+    if precisions == ["fp32"] and not args.precisions:
+        print("fp32 only: this device has no bf16 instructions (ask for bf16 with --precisions fp32 bf16)",
+              file=sys.stderr)
     report = run(model=args.model, overrides=overrides, implementations=args.implementations, modes=args.modes,
-                 precisions=args.precisions, batch_sizes=args.batch_sizes, train_batch_sizes=args.train_batch_sizes,
+                 precisions=precisions, batch_sizes=args.batch_sizes, train_batch_sizes=args.train_batch_sizes,
                  warmup=args.warmup, repeats=args.repeats, attention_impl=args.attention_impl, device=args.device,
-                 threads=args.threads, progress=progress)
+                 threads=args.threads, progress=progress, peak_sizes=args.peak_sizes)
     print(report.format())
     if args.json:
         with open(args.json, "w") as file:
