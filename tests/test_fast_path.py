@@ -204,6 +204,20 @@ def test_masks_are_built_once_per_size(monkeypatch):
         assert built[0] == sum(TINY_ARCHITECTURE["depths"])
 
 
+
+@pytest.mark.parametrize("resolution, window, shifted", [((7, 7), (7, 7), False), ((4, 4), (4, 4), True),
+                                                         ((8, 4), (4, 4), False), ((6, 5), (3, 5), False)])
+def test_blocks_skip_the_gather_only_where_the_window_order_is_the_identity(resolution, window, shifted):
+    """A block whose windows are whole rows of the map, unshifted, attends without the token gather; the
+    general `window_order` must agree that its order is the map's own (and the window of one clamps the shift)."""
+    block = blocks_module.SwinTransformerV2Block(8, resolution, 2, window, shifted=shifted)
+    assert block.token_order is None and block.token_order_inverse is None
+    order = blocks_module.window_order(resolution, block.window_size, block.shift_size)
+    assert torch.equal(order, torch.arange(resolution[0] * resolution[1]))
+    shifted_block = blocks_module.SwinTransformerV2Block(8, (8, 8), 2, (4, 4), shifted=True)
+    assert shifted_block.token_order is not None
+    assert not torch.equal(shifted_block.token_order, torch.arange(64))
+
 # --------------------------------------------------------------------------------- bf16 and graphs
 def test_bf16_autocast_stays_finite_and_close(tiny_config):
     """Large activations and the temperature at its clamp: normalisation in fp32, softmax accumulated in fp32."""

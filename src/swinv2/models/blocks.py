@@ -148,11 +148,15 @@ class SwinTransformerV2Block(nn.Module):
             self.register_buffer(name, None if tensor is None else tensor.to(device), persistent=False)
         self.other_layouts: dict[tuple, tuple] = {}  # the same for other map sizes, see window_layout
 
-    def build_layout(self, height: int, width: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    def build_layout(self, height: int, width: int) -> tuple[torch.Tensor | None, ...]:
         """For a (height, width) map: the attention mask (nW, N, N) or None, and the token order that
-        rolls and partitions the padded map into windows, with its inverse (see windows.window_order)."""
+        rolls and partitions the padded map into windows, with its inverse (see windows.window_order);
+        both None where that order is the map's own (no shift, windows as wide as the map: e.g. one window)."""
         mask = window_attention_mask((height, width), self.window_size, self.shift_size)
-        order = window_order(padded_size((height, width), self.window_size), self.window_size, self.shift_size)
+        padded = padded_size((height, width), self.window_size)
+        if self.shift_size == (0, 0) and self.window_size[1] == padded[1]:  # windows are whole rows of the map
+            return mask, None, None
+        order = window_order(padded, self.window_size, self.shift_size)
         return mask, order, torch.argsort(order)
 
     def window_layout(self, height: int, width: int, device: torch.device) -> tuple:
@@ -180,10 +184,14 @@ class SwinTransformerV2Block(nn.Module):
         if (padded_height, padded_width) != (height, width):
             x = F.pad(x, (0, 0, 0, padded_width - width, 0, padded_height - height))
         tokens = self.window_size[0] * self.window_size[1]
-        windows = x.flatten(1, 2).index_select(1, order).view(-1, tokens, channels)  # (B * nW, N, C)
-        windows = self.attn(windows, mask)
-        x = windows.view(batch, -1, channels).index_select(1, inverse).view(batch, padded_height, padded_width, channels)
-        return x[:, :height, :width]
+        x = x.flatten(1, 2)
+        if order is not None:
+            x = x.index_select(1, order)
+        windows = self.attn(x.reshape(-1, tokens, channels), mask)  # (B * nW, N, C)
+        x = windows.view(batch, -1, channels)
+        if inverse is not None:
+            x = x.index_select(1, inverse)
+        return x.view(batch, padded_height, padded_width, channels)[:, :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm == "pre":
