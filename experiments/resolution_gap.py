@@ -62,7 +62,7 @@ class Budget:
     test_images: int | None  # None: all 10,000, at every size
 
 
-FULL = Budget(epochs=3, train_images=None, fine_tune_steps=60, fine_tune_batch=64, fine_tune_lr=2e-3,
+FULL = Budget(epochs=2, train_images=None, fine_tune_steps=60, fine_tune_batch=64, fine_tune_lr=2e-3,
               seeds=(0, 1, 2), test_images=None)
 QUICK = Budget(epochs=1, train_images=3000, fine_tune_steps=4, fine_tune_batch=32, fine_tune_lr=2e-3,
                seeds=(0, 1), test_images=500)
@@ -232,7 +232,7 @@ Points lost from the training size without fine-tuning:
 A two-stage SwinV2 (C {MODEL['embed_dim']}, depths {MODEL['depths']}, heads {MODEL['num_heads']}, MLP ratio
 {MODEL['mlp_ratio']}, {MODEL['patch_size']} px patches, no absolute position embedding) is trained from scratch
 on the 60,000 Fashion-MNIST training images upsampled to {TRAIN_SIZE} px, with {TRAIN_WINDOW}x{TRAIN_WINDOW}
-windows ({budget['epochs']:g} epochs of the `fashion-mnist` recipe, bf16 autocast; {train_seconds:.0f} s per
+windows ({budget['epochs']:g} epochs of the `fashion-mnist` recipe, {results['precision']}; {train_seconds:.0f} s per
 run), once per position bias and seed. The same weights are then tested at 2x ({size(2)[0]} px, {size(2)[1]}x{size(2)[1]}
 windows) and 3x ({size(3)[0]} px, {size(3)[1]}x{size(3)[1]} windows) through `set_input_size`: the CPB MLPs keep
 normalising offsets by the {TRAIN_WINDOW}x{TRAIN_WINDOW} window they were trained on (the official fine-tune

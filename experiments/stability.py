@@ -26,18 +26,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from experiments.common import ROOT, machine  # noqa: E402
 from swinv2.data import DATASET_STATS, EvalPreprocess, build_dataset  # noqa: E402
 from swinv2.train.artifacts import load_classifier  # noqa: E402
 from swinv2.train.config import load_config  # noqa: E402
 from swinv2.train.loop import build_model, seed_everything, train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {  # label -> model overrides
     "pre-norm, dot, table (Swin v1 block)": dict(norm="pre", attention="dot", position_bias="table"),
     "pre-norm, cosine, log-CPB": dict(norm="pre", attention="cosine", position_bias="cpb_log"),
     "res-post-norm, cosine, log-CPB (SwinV2)": dict(norm="res_post", attention="cosine", position_bias="cpb_log"),
 }
-DEEP_NARROW = dict(embed_dim=64, depths=[24], num_heads=[2], mlp_ratio=4.0, drop_path_rate=0.1)
+# One stage of 7x7 tokens of 4x4 px in one 7x7 window, whatever the demo recipe's own shape.
+DEEP_NARROW = dict(patch_size=4, window_size=7, ape=True, embed_dim=64, depths=[24], num_heads=[2], mlp_ratio=4.0,
+                   drop_path_rate=0.1)
 PROBE_IMAGES = 256
 
 
@@ -129,7 +131,7 @@ def write_outputs(results: list[dict], out_dir: Path, steps: int, seed: int, com
         "# Training stability: activation amplitude across depth",
         "",
         f"Measured by `{command}` (seed {seed}, {steps} optimizer steps of batch 128 per variant, "
-        f"{wall / 60:.1f} min in all on this machine). Each model: one stage of 7x7 tokens, 24 blocks, width 64,",
+        f"{wall / 60:.1f} min in all; {machine()}). Each model: one stage of 7x7 tokens, 24 blocks, width 64,",
         "2 heads, drop path 0.1, the `fashion-mnist` recipe otherwise. Amplitude: mean |x| of the main branch after",
         f"each block on {PROBE_IMAGES} test images; top-1 on {results[0]['test_images']} test images.",
         "",

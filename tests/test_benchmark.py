@@ -53,8 +53,8 @@ def test_flops_per_image_match_a_hand_count():
 
 
 def test_peers_share_the_weights_and_compute_the_same_function():
-    reference, peers = build_peers("swinv2_tiny_window8_256", TINY, ["swinv2", "swinv2-plain", "hf"], "auto",
-                                   torch.device("cpu"))
+    reference, peers = build_peers("swinv2_tiny_window8_256", TINY, ["swinv2", "swinv2-plain", "swinv2-frozen", "hf"],
+                                   "auto", torch.device("cpu"))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference.eval()(x)
@@ -70,6 +70,11 @@ def test_report_has_every_case_and_its_fields():
     assert cases == {(mode, precision, batch, name)
                      for mode, batches in (("inference", (1, 2)), ("train", (2,)))
                      for precision in ("fp32", "bf16") for batch in batches for name in ("swinv2", "hf")}
+    # The frozen peer is for inference only: it sits out the training cases.
+    frozen = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2", "swinv2-frozen"], batch_sizes=[2],
+                 train_batch_sizes=[2], precisions=["fp32"], warmup=1, repeats=1, peak_sizes=[128])
+    assert [(r.mode, r.implementation) for r in frozen.results] == [
+        ("inference", "swinv2"), ("inference", "swinv2-frozen"), ("train", "swinv2")]
     values = json.loads(report.to_json())
     assert set(values) >= {"model", "config", "machine", "settings", "peak_gflops", "flops_per_image", "results",
                            "targets"}

@@ -248,6 +248,11 @@ def test_pretrain_configuration_is_checked(tmp_path, capsys):
         assert config.run.name == recipe and "#" in recipe_text(recipe)  # each value says where it comes from
         # The mask patches fit the image and the model's patch; the official values for SwinV2-B.
         MaskGenerator(model.img_size, config.simmim.mask_patch_size, model.patch_size, config.simmim.mask_ratio)
+    # The Fashion-MNIST pre-training recipe pre-trains the demo's model, so its checkpoint fine-tunes there.
+    def shape(config):  # the architecture: what a checkpoint must match (not the head, not regularisation)
+        return {key: value for key, value in config.model.overrides.items() if key not in ("num_classes", "drop_path_rate")}
+
+    assert shape(load_config("fashion-mnist")) == shape(load_config("simmim-fashion-mnist", kind=PretrainConfig))
     official = load_config("simmim-swinv2-base-192", kind=PretrainConfig)
     assert (official.optim.base_lr, official.optim.weight_decay, official.schedule.epochs, official.schedule.warmup_epochs,
             official.schedule.warmup_lr, official.model.overrides["drop_path_rate"]) == (1e-4, 0.05, 800, 10, 5e-7, 0.1)
