@@ -3,7 +3,7 @@
 The amplitude of the main branch across depth, pre-norm vs residual post-norm, for a deep narrow SwinV2 on
 Fashion-MNIST.
 
-    python -m experiments.stability            # ~10 min on 2 cores: writes docs/stability.md,
+    python -m experiments.stability            # ~21 min on 2 cores: writes docs/stability.md,
                                                # docs/stability.json, docs/images/stability.png
     python -m experiments.stability --quick    # a minute: the same on a few steps, under runs/stability-quick/
 

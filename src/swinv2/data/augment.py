@@ -123,6 +123,11 @@ def crop_flip_theta(boxes: torch.Tensor, flips: torch.Tensor, height: int, width
     return theta
 
 
+def mirror(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Each image of (B, C, H, W) mirrored left-right where the (B,) boolean `flips` says so."""
+    return torch.where(flips.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 class RandomResizedCropFlip(nn.Module):
     """Random resized crop (bicubic) and horizontal flip in one resampling of the whole batch.
 
@@ -133,7 +138,7 @@ class RandomResizedCropFlip(nn.Module):
     def __init__(self, size: tuple[int, int], scale: Optional[Sequence[float]], ratio: Sequence[float],
                  hflip: float) -> None:
         super().__init__()
-        self.size = size
+        self.size = tuple(size)
         self.scale = tuple(scale) if scale else None
         self.ratio = tuple(ratio)
         self.hflip = hflip
@@ -142,9 +147,13 @@ class RandomResizedCropFlip(nn.Module):
         batch, channels, height, width = x.shape
         flips = torch.rand(batch) < self.hflip
         if self.scale is None:
-            x = resize(x, self.size)
-            return torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
-        theta = crop_flip_theta(sample_crop_boxes(batch, height, width, self.scale, self.ratio), flips, height, width)
+            return mirror(resize(x, self.size), flips)
+        boxes = sample_crop_boxes(batch, height, width, self.scale, self.ratio)
+        if (height, width) == self.size and bool((boxes == boxes.new_tensor([0, 0, height, width])).all()):
+            # Every crop is the whole image at its own size (scale and ratio of 1, as in the Fashion-MNIST
+            # recipe): a bicubic resampling would only return each pixel as it is, to float rounding.
+            return mirror(x, flips)
+        theta = crop_flip_theta(boxes, flips, height, width)
         grid = F.affine_grid(theta.to(x), [batch, channels, *self.size], align_corners=False)  # (B, h, w, 2)
         # border: bicubic taps just outside the image repeat the edge pixels, as Pillow's resize does.
         return F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
