@@ -41,10 +41,10 @@ def hf_model(image_size: int, window_size: int, pretrained_window_sizes=(0, 0, 0
     return Swinv2ForImageClassification(config).eval()
 
 
-def our_model(image_size: int, window_size: int, pretrained_window_sizes=(0, 0, 0, 0)) -> SwinTransformerV2:
+def our_model(image_size: int, window_size: int, pretrained_window_sizes=(0, 0, 0, 0), **options) -> SwinTransformerV2:
     config = SwinV2Config(
         img_size=image_size, window_size=window_size, pretrained_window_sizes=pretrained_window_sizes,
-        num_classes=CLASSES, **TINY_T,
+        num_classes=CLASSES, **TINY_T, **options,
     )
     return SwinTransformerV2(config).eval()
 
@@ -91,6 +91,24 @@ def test_our_weights_exported_to_hf_match_ours(case):
     theirs = hf_model(**case)
     theirs.load_state_dict(export_state_dict(ours, "hf"), strict=True)
     assert_same_function(ours, hf_logits(theirs), case["image_size"])
+
+
+def test_inference_in_chunks_of_images_matches_hf(monkeypatch):
+    """Without gradients a stage runs on chunks of whole images: 2048 tokens per chunk gives chunks of
+    one image in stage 0 (64x64 tokens), of two and one in stage 1 (32x32), the whole batch after."""
+    case = CASES["256-w8"]
+    theirs = randomize_(hf_model(**case))
+    ours = our_model(**case, inference_chunk_tokens=2048)
+    load_state_dict_into(ours, theirs.state_dict())
+    chunks = []
+    forward_images = type(ours.layers[0]).forward_images
+    monkeypatch.setattr(type(ours.layers[0]), "forward_images",
+                        lambda stage, x: chunks.append(x.shape[0]) or forward_images(stage, x))
+    x = torch.randn(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mine, reference = ours(x), theirs(pixel_values=x).logits
+    assert chunks == [1, 1, 1, 2, 1, 3, 3]
+    torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
 
 
 def test_hf_save_pretrained_directory_loads_through_create_model(tmp_path):

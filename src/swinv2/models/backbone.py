@@ -58,9 +58,24 @@ class SwinTransformerV2Stage(nn.Module):
         )
         self.downsample = PatchMerging(dim) if stage < config.num_stages - 1 else nn.Identity()
         self.use_checkpoint = config.use_checkpoint
+        self.inference_chunk_tokens = config.inference_chunk_tokens
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, C) -> (the stage's output map, the next stage's input)."""
+        """(B, H, W, C) -> (the stage's output map, the next stage's input).
+
+        Without gradients, in chunks of whole images of at most `inference_chunk_tokens` tokens: every
+        step of a stage treats images independently, so this is the same function, and a chunk's
+        intermediates stay in cache. Not where the batch is symbolic (dynamic shapes in torch.compile or
+        export), which a chunk count cannot depend on."""
+        images = x.shape[0]
+        if self.inference_chunk_tokens and not torch.is_grad_enabled() and not isinstance(images, torch.SymInt):
+            per_chunk = max(1, self.inference_chunk_tokens // (x.shape[1] * x.shape[2]))
+            if per_chunk < images:
+                outputs, merged = zip(*(self.forward_images(part) for part in x.split(per_chunk)))
+                return torch.cat(outputs), torch.cat(merged)
+        return self.forward_images(x)
+
+    def forward_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.blocks:
             if self.use_checkpoint and torch.is_grad_enabled():
                 # Keep only block inputs; recompute the rest (attention maps above all) in backward.

@@ -58,6 +58,11 @@ class SwinV2Config:
     # this many windows at a time (0 = all at once). Neither changes the result.
     use_checkpoint: bool = False
     attention_chunk_size: int = 0
+    # Inference only (no gradients): each stage runs on whole images of at most this many tokens at a time
+    # (0 = the whole batch at once). Same result; the intermediates of a chunk (the MLP's 4C-wide hidden
+    # layer above all) stay in the CPU's caches instead of being written to and read back from memory
+    # (docs/performance.md). Training runs the whole batch: its activations are kept for backward anyway.
+    inference_chunk_tokens: int = 4096
     # How window attention is computed (same result): "plain" matmul + softmax, the reference; "sdpa"
     # F.scaled_dot_product_attention; "auto" the faster of the two for the device and whether
     # gradients are needed (docs/performance.md).
@@ -124,6 +129,8 @@ class SwinV2Config:
             raise ConfigError(f"attention_impl must be 'auto', 'sdpa' or 'plain', got {self.attention_impl!r}")
         if self.attention_chunk_size < 0:
             raise ConfigError("attention_chunk_size must be 0 (all windows at once) or a positive window count")
+        if self.inference_chunk_tokens < 0:
+            raise ConfigError("inference_chunk_tokens must be 0 (the whole batch at once) or a positive token count")
         height, width = self.img_size
         if min(height, width) < self.patch_size:
             raise ConfigError(
