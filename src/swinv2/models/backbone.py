@@ -63,12 +63,15 @@ class SwinTransformerV2Stage(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, C) -> (the stage's output map, the next stage's input).
 
-        Without gradients, in chunks of whole images of at most `inference_chunk_tokens` tokens: every
-        step of a stage treats images independently, so this is the same function, and a chunk's
-        intermediates stay in cache. Not where the batch is symbolic (dynamic shapes in torch.compile or
-        export), which a chunk count cannot depend on."""
+        On the CPU without gradients, in chunks of whole images of at most `inference_chunk_tokens` tokens:
+        every step of a stage treats images independently, so this is the same function, and a chunk's
+        intermediates are small enough for the allocator to reuse their memory (large ones are fresh pages
+        from the kernel each time, zeroed on first touch; docs/performance.md). Not on GPUs, whose caching
+        allocator reuses memory anyway and which want large kernels, nor where the batch is symbolic
+        (dynamic shapes in torch.compile or export), which a chunk count cannot depend on."""
         images = x.shape[0]
-        if self.inference_chunk_tokens and not torch.is_grad_enabled() and not isinstance(images, torch.SymInt):
+        if (self.inference_chunk_tokens and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not isinstance(images, torch.SymInt)):
             per_chunk = max(1, self.inference_chunk_tokens // (x.shape[1] * x.shape[2]))
             if per_chunk < images:
                 outputs, merged = zip(*(self.forward_images(part) for part in x.split(per_chunk)))
