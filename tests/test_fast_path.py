@@ -77,7 +77,7 @@ def test_sdpa_equals_plain_in_float64_to_rounding():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-12, atol=1e-12)
 
 
-def test_auto_uses_sdpa_for_cpu_inference_and_plain_for_cpu_training(tiny_config):
+def test_auto_uses_sdpa_for_cpu_fp32_inference_and_plain_for_cpu_training_and_bf16(tiny_config):
     attention = SwinTransformerV2(tiny_config).layers[0].blocks[1].attn
     assert attention.attention_impl == "auto"
     x = torch.zeros(2, 16, tiny_config.embed_dim)
@@ -86,6 +86,8 @@ def test_auto_uses_sdpa_for_cpu_inference_and_plain_for_cpu_training(tiny_config
     assert not attention.use_sdpa(x)  # grad enabled, the bias needs its gradient
     attention.cpb_mlp.requires_grad_(False)
     assert attention.use_sdpa(x)  # frozen CPB MLP: the mask needs no gradient
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not attention.use_sdpa(x)  # bf16 on the CPU: the plain path measured faster
     assert not attention.use_sdpa(x.to("meta"))  # FLOP counting on meta runs the reference
 
 

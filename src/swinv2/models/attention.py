@@ -8,7 +8,7 @@ position bias plus the shift/padding mask, cached while the weights it comes fro
 they differ in the kernel (docs/performance.md has the measurements):
 - "plain": softmax(q @ k^T + bias) @ v in matmuls, the reference;
 - "sdpa": F.scaled_dot_product_attention with the bias as its additive mask and scale 1.
-"auto" picks "sdpa" where the fused kernels are faster and "plain" where they are not (`use_sdpa`).
+"auto" picks "sdpa" where the fused kernels measured faster and "plain" where they did not (`use_sdpa`).
 """
 from __future__ import annotations
 
@@ -189,14 +189,15 @@ class WindowAttention(nn.Module):
 
     def use_sdpa(self, x: torch.Tensor) -> bool:
         """The implementation for this call. "auto": the fused kernel on CUDA (its memory-efficient kernel
-        also returns the mask's gradient); on the CPU only when the mask needs no gradient (inference,
-        or a frozen CPB MLP): the CPU flash kernel cannot return one, and its fallback is slower than the
-        plain path; the reference elsewhere (e.g. the meta device, where FLOPs are counted)."""
+        also returns the mask's gradient); on the CPU only in fp32 and when the mask needs no gradient
+        (inference, or a frozen CPB MLP): the CPU flash kernel cannot return one, and its fallback is
+        slower than the plain path; under bf16 autocast the plain path measured faster (docs/performance.md);
+        the reference elsewhere (e.g. the meta device, where FLOPs are counted)."""
         if self.attention_impl != "auto":
             return self.attention_impl == "sdpa"
         if x.device.type == "cuda":
             return True
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
             return False
         return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.bias_parameters()))
 
