@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from swinv2 import SwinTransformerV2, SwinV2Config
 from swinv2.benchmark import build_peers, flops_per_image, run
@@ -105,3 +106,61 @@ def test_benchmark_command_writes_json(tmp_path, capsys):
 def test_benchmark_command_refuses_a_bad_batch(capsys):
     assert main(["benchmark", "--batch-size", "0", "--implementations", "swinv2"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def position_bias_count(config: SwinV2Config) -> tuple[int, int]:
+    """FLOPs of the CPB MLPs (all blocks) and of their first layers: computed once per forward pass, not per image."""
+    total = first = 0
+    for stage in range(config.num_stages):
+        window = min(config.window_size[0], config.stage_resolution(stage)[0])
+        rows = (2 * window - 1) ** 2
+        for _ in range(config.depths[stage]):
+            first += 2 * rows * 2 * 512
+            total += 2 * rows * 2 * 512 + 2 * rows * 512 * config.num_heads[stage]
+    return total, first
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_matmul_floor_replays_the_products_of_a_hand_count(precision):
+    """The floor's step runs exactly the model's matrix products: its FLOPs, counted by FlopCounterMode while
+    it replays them, equal the hand count for the batch (the CPB MLPs run once per batch, the rest per image)."""
+    from swinv2.benchmark import make_step
+
+    config = SwinV2Config(**TINY)
+    _, peers = build_peers("swinv2_tiny_window8_256", TINY, ["matmul-floor"], "auto", torch.device("cpu"))
+    forward, no_input_gradient = hand_count(config)
+    bias, bias_first = position_bias_count(config)
+    convolution = no_input_gradient - bias_first
+    batch = 3
+    images = torch.randn(batch, 3, 32, 32)
+    labels = torch.tensor([0, 3, 4])
+    expected = {
+        "inference": batch * (forward - bias) + bias,
+        # Backward: input and weight gradients, except for the inputs that need none (the image, the offsets).
+        "train": batch * (3 * (forward - bias) - convolution) + 3 * bias - bias_first,
+    }
+    for mode, flops in expected.items():
+        step = make_step(peers["matmul-floor"], mode, precision, images, labels)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        assert counter.get_total_flops() == flops, mode
+
+
+def test_report_prints_the_ceiling_over_hf():
+    report = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2", "hf", "matmul-floor"], batch_sizes=[8],
+                 train_batch_sizes=[8], precisions=["fp32"], warmup=0, repeats=1, peak_sizes=[128])
+    values = json.loads(report.to_json())
+    assert [(c["mode"], c["batch_size"], c["target"]) for c in values["ceilings"]] == [("inference", 8, 1.5),
+                                                                                     ("train", 8, 1.3)]
+    floor, theirs = (find_result(values, "inference", name) for name in ("matmul-floor", "hf"))
+    assert values["ceilings"][0]["ceiling_over_hf"] == pytest.approx(
+        floor["images_per_second"][0] / theirs["images_per_second"][0])
+    # The floor is not one of this project's implementations: no target is checked for it.
+    assert all("matmul-floor" not in check["target"] for check in values["targets"])
+    assert any("swinv2 / hf" in check["target"] for check in values["targets"])
+    assert "ceilings" in report.format()
+
+
+def find_result(values: dict, mode: str, implementation: str) -> dict:
+    return next(r for r in values["results"] if (r["mode"], r["implementation"]) == (mode, implementation))

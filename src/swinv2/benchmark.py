@@ -16,6 +16,11 @@ Implementations:
                      pre-packed for the matmul library; inference only (a frozen graph would not see the
                      weights change), so it sits out the training cases
     hf               transformers.Swinv2ForImageClassification with the same config and weights
+    matmul-floor     not a model: the matrix products (and the patch convolution) that this project's
+                     model runs in the case, recorded once and replayed alone on tensors of the same
+                     layouts, everything between them left out. No implementation that computes these
+                     products with PyTorch's kernels can be faster, so `matmul-floor / hf` is the ceiling
+                     of any speed-up over hf (printed under the table with the targets)
 """
 from __future__ import annotations
 
@@ -32,13 +37,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InputError, SwinV2Error
 from .models import SwinTransformerV2, create_model
 from .train.precision import cpu_has_fast_bf16
 
-IMPLEMENTATIONS = ("swinv2", "swinv2-plain", "swinv2-compiled", "swinv2-frozen", "hf")
+IMPLEMENTATIONS = ("swinv2", "swinv2-plain", "swinv2-compiled", "swinv2-frozen", "hf", "matmul-floor")
+PEERS_NOT_OURS = ("hf", "matmul-floor")  # the targets compare this project's peers (the others) with hf
 INFERENCE_ONLY = ("swinv2-frozen",)
 MODES = ("inference", "train")
 PRECISIONS = ("fp32", "bf16")
@@ -84,6 +92,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["targets"] = targets(self)
+        values["ceilings"] = ceilings(self)
         return values
 
     def to_json(self) -> str:
@@ -182,6 +191,12 @@ def build_peers(model_name: str, overrides: dict[str, Any], implementations: Seq
     for name in implementations:
         if name == "hf":
             peers[name] = Logits(build_hf(reference))
+        elif name == "matmul-floor":
+            # Recorded from the reference attention, whose products are matmuls the recorder sees (a fused
+            # kernel would hide them); the products are the same whichever kernel runs them.
+            model = build_ours(model_name, overrides, "plain")
+            model.load_state_dict(reference.state_dict())
+            peers[name] = MatmulFloor(model)
         else:
             impl = "plain" if name == "swinv2-plain" else attention_impl
             model = build_ours(model_name, overrides, impl)
@@ -197,6 +212,8 @@ def build_peers(model_name: str, overrides: dict[str, Any], implementations: Seq
 def make_step(model: nn.Module, mode: str, precision: str, images: torch.Tensor,
               labels: torch.Tensor) -> Callable[[], None]:
     """One timed unit: a forward pass without gradients, or forward, loss, backward and a (fused) AdamW step."""
+    if isinstance(model, MatmulFloor):
+        return model.make_step(mode, precision, images, labels)
     device_type = images.device.type
     autocast = precision == "bf16"
     if mode == "inference":
@@ -236,6 +253,93 @@ def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats:
             if round_index >= warmup:
                 seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+# --------------------------------------------------------------------------- the matmul floor
+MATRIX_PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+                   torch.ops.aten.baddbmm.default, torch.ops.aten.convolution.default,
+                   torch.ops.aten.convolution_backward.default)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a kernel sees of a tensor argument: its shape, strides (a transposed weight stays one), dtype.
+    A frozen dataclass, not a NamedTuple: pytree would take a tuple apart instead of mapping it."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> "Layout":
+        return cls(tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
+
+    def make(self, generator: torch.Generator) -> torch.Tensor:
+        """Random values in this layout (strides of 0, from broadcasting, included)."""
+        extent = 1 + sum((size - 1) * step for size, step in zip(self.shape, self.stride) if size > 0)
+        values = torch.randn(extent, generator=generator).to(self.dtype)
+        return values.to(self.device).as_strided(self.shape, self.stride)
+
+
+class MatrixProductRecorder(TorchDispatchMode):
+    """Notes every matrix product and convolution that runs under it (backward included), with the layouts
+    of its tensor arguments, and runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, tuple, dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATRIX_PRODUCTS:
+            self.calls.append((func, *pytree.tree_map_only(torch.Tensor, Layout.of, (args, kwargs))))
+        return func(*args, **kwargs)
+
+
+class MatmulFloor(nn.Module):
+    """The `matmul-floor` peer: `model`'s matrix products in a case, without the rest of the model.
+
+    `make_step` runs the case once under `MatrixProductRecorder` (a forward pass without gradients, or
+    forward, loss and backward), then returns a step that calls the same kernels in the same order on
+    random tensors of the same layouts, each output allocated as the kernel allocates it. Inputs of equal
+    layouts share one tensor, which can only make the floor faster (warmer caches): the floor stays a
+    lower bound of the time of any implementation that runs these products through these kernels."""
+
+    def __init__(self, model: SwinTransformerV2) -> None:
+        super().__init__()
+        self.model = model
+
+    def record(self, mode: str, precision: str, images: torch.Tensor, labels: torch.Tensor) -> list[tuple]:
+        recorder = MatrixProductRecorder()
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if mode == "inference":
+                with torch.no_grad(), recorder:
+                    self.model.eval()(images)
+            else:
+                with recorder:
+                    F.cross_entropy(self.model.train()(images), labels).backward()
+        self.model.zero_grad(set_to_none=True)
+        return recorder.calls
+
+    def make_step(self, mode: str, precision: str, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+        generator = torch.Generator().manual_seed(0)
+        tensors: dict[Layout, torch.Tensor] = {}
+
+        def tensor(layout: Layout) -> torch.Tensor:
+            if layout not in tensors:
+                tensors[layout] = layout.make(generator)
+            return tensors[layout]
+
+        calls = [(func, *pytree.tree_map_only(Layout, tensor, (args, kwargs)))
+                 for func, args, kwargs in self.record(mode, precision, images, labels)]
+
+        def replay() -> None:
+            with torch.no_grad():
+                for func, args, kwargs in calls:
+                    func(*args, **kwargs)
+
+        return replay
 
 
 # ----------------------------------------------------------------------------------- running
@@ -320,7 +424,7 @@ def find(report: Report, mode: str, precision: str, batch: int, implementation: 
 def targets(report: Report) -> list[dict[str, Any]]:
     """The issue's targets (SwinV2-T 256/w8, fp32, batch 8) that this run measured, each with its value."""
     checks = []
-    for ours in (name for name in IMPLEMENTATIONS if name != "hf"):  # each of this project's that the run measured
+    for ours in (name for name in IMPLEMENTATIONS if name not in PEERS_NOT_OURS):  # each of ours the run measured
         for mode, wanted in (("inference", 1.5), ("train", 1.3)):
             mine, theirs = find(report, mode, "fp32", 8, ours), find(report, mode, "fp32", 8, "hf")
             if mine and theirs:
@@ -337,6 +441,19 @@ def targets(report: Report) -> list[dict[str, Any]]:
     for check in checks:
         check["met"] = check["value"] >= check["wanted"]
     return checks
+
+
+def ceilings(report: Report) -> list[dict[str, Any]]:
+    """For each case with both: matmul-floor's images/s over hf's, the speed-up over hf of an implementation
+    that spent no time outside its matrix products (median over rounds), beside the issue's target."""
+    wanted = {"inference": 1.5, "train": 1.3}
+    values = []
+    for floor in (r for r in report.results if r.implementation == "matmul-floor"):
+        theirs = find(report, floor.mode, floor.precision, floor.batch_size, "hf")
+        if theirs:
+            values.append({"mode": floor.mode, "precision": floor.precision, "batch_size": floor.batch_size,
+                           "ceiling_over_hf": round_ratio(floor, theirs), "target": wanted[floor.mode]})
+    return values
 
 
 def round_ratio(a: Result, b: Result) -> float:
@@ -369,6 +486,11 @@ def format_report(report: Report) -> str:
     if checks:
         lines += ["", "targets:"]
         lines += [f"  {c['target']}: {c['value']:.2f} ({'met' if c['met'] else 'NOT met'})" for c in checks]
+    bounds = ceilings(report)
+    if bounds:
+        lines += ["", "ceilings (matmul-floor / hf: the speed-up over hf with zero time outside the matrix products):"]
+        lines += [f"  {b['mode']} {b['precision']} batch {b['batch_size']}: {b['ceiling_over_hf']:.2f}"
+                  f" (target {b['target']})" for b in bounds]
     return "\n".join(lines)
 
 
