@@ -3,13 +3,14 @@ fields and the command. Nothing here asserts a speed: timings on a shared machin
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from swinv2 import SwinTransformerV2, SwinV2Config
-from swinv2.benchmark import build_peers, flops_per_image, run
+from swinv2.benchmark import build_peers, find, flops_per_image, make_step, run
 from swinv2.cli import main
 
 # Two stages: an 8x8 map in windows of 4 (shifted odd block), then a 4x4 map that is one window.
@@ -17,13 +18,26 @@ TINY = {"img_size": 32, "window_size": 4, "embed_dim": 16, "depths": (2, 2), "nu
             "drop_path_rate": 0.0}
 
 
-def hand_count(config: SwinV2Config) -> tuple[int, int]:
-    """Forward matmul/convolution FLOPs of one image (2 per multiply-add), and the part of it whose
-    input needs no gradient (the patch convolution and the first CPB layer: their backward is one product)."""
+class HandCount(NamedTuple):
+    """Forward matmul/convolution FLOPs of one image (2 per multiply-add), and parts of it: the patch
+    convolution, the CPB MLPs and their first layers (the CPB MLPs run once per forward pass, not per image)."""
+
+    total: int
+    convolution: int
+    position_bias: int
+    position_bias_first: int
+
+    @property
+    def no_input_gradient(self) -> int:
+        """The part whose input needs no gradient (the image, the offsets): its backward is one product."""
+        return self.convolution + self.position_bias_first
+
+
+def hand_count(config: SwinV2Config) -> HandCount:
     height, width = config.stage_resolution(0)
     dim = config.embed_dim
     convolution = 2 * height * width * dim * config.in_chans * config.patch_size**2
-    total, no_input_gradient = convolution, convolution
+    total, position_bias, position_bias_first = convolution, 0, 0
     for stage in range(config.num_stages):
         height, width = config.stage_resolution(stage)
         dim, heads, tokens = config.stage_dim(stage), config.num_heads[stage], height * width
@@ -36,21 +50,21 @@ def hand_count(config: SwinV2Config) -> tuple[int, int]:
             total += 2 * tokens * dim * dim  # proj
             total += 2 * 2 * tokens * dim * int(config.mlp_ratio * dim)  # fc1, fc2
             first_cpb = 2 * table_rows * 2 * 512
-            total += first_cpb + 2 * table_rows * 512 * heads
-            no_input_gradient += first_cpb
+            position_bias_first += first_cpb
+            position_bias += first_cpb + 2 * table_rows * 512 * heads
         if stage < config.num_stages - 1:
             total += 2 * (tokens // 4) * 4 * dim * 2 * dim  # patch merging reduction
-    total += 2 * config.stage_dim(config.num_stages - 1) * config.num_classes  # head
-    return total, no_input_gradient
+    total += position_bias + 2 * config.stage_dim(config.num_stages - 1) * config.num_classes  # head
+    return HandCount(total, convolution, position_bias, position_bias_first)
 
 
 def test_flops_per_image_match_a_hand_count():
     config = SwinV2Config(**TINY)
     model = SwinTransformerV2(config)
-    forward, no_input_gradient = hand_count(config)
-    assert flops_per_image(model, "inference") == forward
+    count = hand_count(config)
+    assert flops_per_image(model, "inference") == count.total
     # Backward: the gradient of the input and of the weight, each one product like the forward one.
-    assert flops_per_image(model, "train") == 3 * forward - no_input_gradient
+    assert flops_per_image(model, "train") == 3 * count.total - count.no_input_gradient
 
 
 def test_peers_share_the_weights_and_compute_the_same_function():
@@ -108,36 +122,20 @@ def test_benchmark_command_refuses_a_bad_batch(capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def position_bias_count(config: SwinV2Config) -> tuple[int, int]:
-    """FLOPs of the CPB MLPs (all blocks) and of their first layers: computed once per forward pass, not per image."""
-    total = first = 0
-    for stage in range(config.num_stages):
-        window = min(config.window_size[0], config.stage_resolution(stage)[0])
-        rows = (2 * window - 1) ** 2
-        for _ in range(config.depths[stage]):
-            first += 2 * rows * 2 * 512
-            total += 2 * rows * 2 * 512 + 2 * rows * 512 * config.num_heads[stage]
-    return total, first
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_matmul_floor_replays_the_products_of_a_hand_count(precision):
     """The floor's step runs exactly the model's matrix products: its FLOPs, counted by FlopCounterMode while
     it replays them, equal the hand count for the batch (the CPB MLPs run once per batch, the rest per image)."""
-    from swinv2.benchmark import make_step
-
-    config = SwinV2Config(**TINY)
     _, peers = build_peers("swinv2_tiny_window8_256", TINY, ["matmul-floor"], "auto", torch.device("cpu"))
-    forward, no_input_gradient = hand_count(config)
-    bias, bias_first = position_bias_count(config)
-    convolution = no_input_gradient - bias_first
+    count = hand_count(SwinV2Config(**TINY))
+    per_image, bias = count.total - count.position_bias, count.position_bias
     batch = 3
     images = torch.randn(batch, 3, 32, 32)
     labels = torch.tensor([0, 3, 4])
     expected = {
-        "inference": batch * (forward - bias) + bias,
+        "inference": batch * per_image + bias,
         # Backward: input and weight gradients, except for the inputs that need none (the image, the offsets).
-        "train": batch * (3 * (forward - bias) - convolution) + 3 * bias - bias_first,
+        "train": batch * (3 * per_image - count.convolution) + 3 * bias - count.position_bias_first,
     }
     for mode, flops in expected.items():
         step = make_step(peers["matmul-floor"], mode, precision, images, labels)
@@ -153,14 +151,11 @@ def test_report_prints_the_ceiling_over_hf():
     values = json.loads(report.to_json())
     assert [(c["mode"], c["batch_size"], c["target"]) for c in values["ceilings"]] == [("inference", 8, 1.5),
                                                                                      ("train", 8, 1.3)]
-    floor, theirs = (find_result(values, "inference", name) for name in ("matmul-floor", "hf"))
+    floor, theirs = (find(report, "inference", "fp32", 8, name) for name in ("matmul-floor", "hf"))
     assert values["ceilings"][0]["ceiling_over_hf"] == pytest.approx(
-        floor["images_per_second"][0] / theirs["images_per_second"][0])
+        floor.images_per_second[0] / theirs.images_per_second[0])
     # The floor is not one of this project's implementations: no target is checked for it.
     assert all("matmul-floor" not in check["target"] for check in values["targets"])
     assert any("swinv2 / hf" in check["target"] for check in values["targets"])
     assert "ceilings" in report.format()
 
-
-def find_result(values: dict, mode: str, implementation: str) -> dict:
-    return next(r for r in values["results"] if (r["mode"], r["implementation"]) == (mode, implementation))
