@@ -5,10 +5,16 @@
 
 The same step as `swinv2 benchmark` times (benchmark.make_step), for one implementation, after two
 untimed calls; prints the operators that took the most time, and how the matrix products (mm, addmm,
-bmm, the SDPA kernel, convolutions) compare with everything else. The profiler adds some time of its own."""
+bmm, the SDPA kernel, convolutions) compare with everything else. The profiler adds some time of its own.
+Before it, the minor page faults of `--fault-steps` unprofiled steps (getrusage): each is a fresh page of
+memory the kernel zeroes, what allocations above glibc's mmap threshold cost (docs/performance.md, item 10).
+They depend on the allocator's state (one implementation per run here) and moved by up to half between
+runs of the same code on the project's Zen 3 machine: compare several runs."""
 from __future__ import annotations
 
 import argparse
+import resource
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -27,6 +33,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--fault-steps", type=int, default=3)
     args = parser.parse_args()
     reference, peers = build_peers(args.model, {}, [args.implementation], "auto", torch.device("cpu"))
     config = reference.config
@@ -35,6 +42,14 @@ def main() -> None:
     step = make_step(peers[args.implementation], args.mode, args.precision, images, labels)
     step()
     step()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(args.fault_steps):
+        step()
+    after, seconds = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - start
+    steps = max(args.fault_steps, 1)
+    print(f"{args.fault_steps} unprofiled steps: {seconds / steps:.3f} s per step, "
+          f"{(after.ru_minflt - before.ru_minflt) / steps:,.0f} minor page faults per step, "
+          f"system CPU {(after.ru_stime - before.ru_stime) / steps:.3f} s per step")
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         step()
     events = profiler.key_averages()
