@@ -184,10 +184,16 @@ class Logits(nn.Module):
 
 
 def build_peers(model_name: str, overrides: dict[str, Any], implementations: Sequence[str],
-                attention_impl: str, device: torch.device, seed: int = 0) -> tuple[SwinTransformerV2, dict[str, nn.Module]]:
-    """Every implementation with the same weights (ours, randomly initialised with `seed`)."""
+                attention_impl: str, device: torch.device, seed: int = 0,
+                initialise: Callable[[SwinTransformerV2], Any] | None = None,
+                ) -> tuple[SwinTransformerV2, dict[str, nn.Module]]:
+    """Every implementation with the same weights: ours, randomly initialised with `seed`, then given to
+    `initialise` if set (the default initialisation zeroes the post-norms, so every block starts as the
+    identity: a check that the peers compute the same function needs other weights)."""
     torch.manual_seed(seed)
     reference = build_ours(model_name, overrides, attention_impl)
+    if initialise is not None:
+        initialise(reference)
     peers: dict[str, nn.Module] = {}
     for name in implementations:
         if name == "hf":
