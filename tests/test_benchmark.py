@@ -59,6 +59,14 @@ def hand_count(config: SwinV2Config) -> HandCount:
     return HandCount(total, convolution, position_bias, position_bias_first)
 
 
+def batch_flops(count: HandCount, batch: int) -> dict[str, int]:
+    """Matmul FLOPs of a batch by the hand count, for inference and a training step: the CPB MLPs once per
+    batch, the rest per image; backward: input and weight gradients, except for the inputs that need none."""
+    per_image, bias = count.total - count.position_bias, count.position_bias
+    return {"inference": batch * per_image + bias,
+            "train": batch * (3 * per_image - count.convolution) + 3 * bias - count.position_bias_first}
+
+
 def test_flops_per_image_match_a_hand_count():
     config = SwinV2Config(**TINY)
     model = SwinTransformerV2(config)
@@ -66,6 +74,9 @@ def test_flops_per_image_match_a_hand_count():
     assert flops_per_image(model, "inference") == count.total
     # Backward: the gradient of the input and of the weight, each one product like the forward one.
     assert flops_per_image(model, "train") == 3 * count.total - count.no_input_gradient
+    # A batch shares the position-bias MLPs: the count per image of a batch of 3 is a third of the batch's.
+    for mode, flops in batch_flops(count, 3).items():
+        assert flops_per_image(model, mode, 3) == pytest.approx(flops / 3, rel=1e-12), mode
 
 
 def test_peers_share_the_weights_and_compute_the_same_function():
@@ -129,17 +140,9 @@ def test_matmul_floor_replays_the_products_of_a_hand_count(precision):
     """The floor's step runs exactly the model's matrix products: its FLOPs, counted by FlopCounterMode while
     it replays them, equal the hand count for the batch (the CPB MLPs run once per batch, the rest per image)."""
     _, peers = build_peers("swinv2_tiny_window8_256", TINY, ["matmul-floor"], "auto", torch.device("cpu"))
-    count = hand_count(SwinV2Config(**TINY))
-    per_image, bias = count.total - count.position_bias, count.position_bias
-    batch = 3
-    images = torch.randn(batch, 3, 32, 32)
+    images = torch.randn(3, 3, 32, 32)
     labels = torch.tensor([0, 3, 4])
-    expected = {
-        "inference": batch * per_image + bias,
-        # Backward: input and weight gradients, except for the inputs that need none (the image, the offsets).
-        "train": batch * (3 * per_image - count.convolution) + 3 * bias - count.position_bias_first,
-    }
-    for mode, flops in expected.items():
+    for mode, flops in batch_flops(hand_count(SwinV2Config(**TINY)), 3).items():
         step = make_step(peers["matmul-floor"], mode, precision, images, labels)
         counter = FlopCounterMode(display=False)
         with counter:

@@ -63,7 +63,7 @@ class Result:
     batch_size: int
     implementation: str
     images_per_second: list[float]
-    flops_per_image: int
+    flops_per_image: float  # of this batch size: the batch's FLOPs over its images
     peak_gflops: float
     median: float = 0.0
     minimum: float = 0.0
@@ -87,7 +87,7 @@ class Report:
     machine: dict[str, Any]
     settings: dict[str, Any]
     peak_gflops: dict[str, float]
-    flops_per_image: dict[str, int]
+    flops_per_image: dict[str, float]  # at batch 1, by mode
     results: list[Result] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,15 +104,16 @@ class Report:
 
 
 # ------------------------------------------------------------------------------------ counting
-def flops_per_image(model: SwinTransformerV2, mode: str) -> int:
-    """Matmul and convolution FLOPs of one image: the forward pass, or forward + backward for "train".
+def flops_per_image(model: SwinTransformerV2, mode: str, batch_size: int = 1) -> float:
+    """Matmul and convolution FLOPs per image of a batch: the forward pass, or forward + backward for
+    "train". The batch's count over its images: the position-bias MLPs run once per batch, the rest per image.
 
     Counted on a meta copy (shapes only) with the reference attention, whose two attention products
     FlopCounterMode sees as matrix products whatever kernel runs them at benchmark time."""
     config = model.config.replace(attention_impl="plain", use_checkpoint=False)
     with torch.device("meta"):
         counted = SwinTransformerV2(config).train(mode == "train")
-    image = torch.zeros(1, config.in_chans, *config.img_size, device="meta")
+    image = torch.zeros(batch_size, config.in_chans, *config.img_size, device="meta")
     counter = FlopCounterMode(display=False)
     with counter:
         if mode == "train":
@@ -120,7 +121,7 @@ def flops_per_image(model: SwinTransformerV2, mode: str) -> int:
         else:
             with torch.no_grad():
                 counted(image)
-    return counter.get_total_flops()
+    return counter.get_total_flops() / batch_size
 
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
@@ -398,7 +399,8 @@ def run(
                 steps = {name: make_step(peer, mode, precision, images, labels) for name, peer in peers.items()
                          if mode == "inference" or name not in INFERENCE_ONLY}
                 seconds = time_interleaved(steps, warmup, repeats, target)
-                results = [Result(mode, precision, batch, name, [batch / s for s in values], flops[mode],
+                per_image = flops[mode] if batch == 1 else flops_per_image(reference, mode, batch)
+                results = [Result(mode, precision, batch, name, [batch / s for s in values], per_image,
                                   peak[precision]) for name, values in seconds.items()]
                 for result in results[1:]:
                     # Per round, so that load shared by the two runs of a round cancels.
@@ -473,7 +475,8 @@ def format_report(report: Report) -> str:
         (f"{report.model}: {config['img_size'][0]}x{config['img_size'][1]}, window {config['window_size'][0]}; "
         f"torch {report.machine['torch']}, {report.machine['device']}, {report.machine['threads']} threads"),
         "matmul peak (torch.mm): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in report.peak_gflops.items()),
-        "FLOPs per image: " + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in report.flops_per_image.items()),
+        "FLOPs per image at batch 1: " + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in report.flops_per_image.items())
+        + " (larger batches share the position-bias MLPs: a little less per image)",
         (f"{report.settings['warmup']} warm-up + {report.settings['repeats']} timed rounds, interleaved; "
         f"first/this = median over rounds of {report.settings['implementations'][0]}'s images/s over this one's"),
         "",
