@@ -127,7 +127,14 @@ def test_benchmark_command_writes_json(tmp_path, capsys):
     values = json.loads(path.read_text())
     assert [r["implementation"] for r in values["results"]] == ["swinv2", "swinv2-plain"]
     assert values["flops_per_image"]["inference"] > 0
-    assert "swinv2-plain" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "swinv2-plain" in printed
+    # --show prints the saved report as the measuring run printed it, measuring nothing.
+    assert main(["benchmark", "--show", str(path)]) == 0
+    assert capsys.readouterr().out == printed
+    path.write_text("{}")
+    assert main(["benchmark", "--show", str(path)]) == 2
+    assert "not a report" in capsys.readouterr().err
 
 
 def test_benchmark_command_refuses_a_bad_batch(capsys):
@@ -159,6 +166,13 @@ def test_report_prints_the_ceiling_over_hf():
     floor, theirs = (find(report, "inference", "fp32", 8, name) for name in ("matmul-floor", "hf"))
     assert values["ceilings"][0]["ceiling_over_hf"] == pytest.approx(
         floor.images_per_second[0] / theirs.images_per_second[0])
+    # Each implementation against the floor, and what 1.5x hf asks of it, from the one round's images/s.
+    ours = find(report, "inference", "fp32", 8, "swinv2")
+    assert values["ceilings"][0]["of_floor"] == pytest.approx(
+        {"swinv2": ours.images_per_second[0] / floor.images_per_second[0],
+         "hf": theirs.images_per_second[0] / floor.images_per_second[0]})
+    assert values["ceilings"][0]["target_of_floor"] == pytest.approx(
+        1.5 * theirs.images_per_second[0] / floor.images_per_second[0])
     # The floor is not one of this project's implementations: no target is checked for it.
     assert all("matmul-floor" not in check["target"] for check in values["targets"])
     assert any("swinv2 / hf" in check["target"] for check in values["targets"])

@@ -99,6 +99,17 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Report":
+        """A report written by `to_json`; the targets and ceilings are recomputed from its rounds."""
+        fields = {name: values[name] for name in ("model", "config", "machine", "settings", "peak_gflops",
+                                                  "flops_per_image")}
+        results = [Result(**{name: result[name] for name in ("mode", "precision", "batch_size", "implementation",
+                                                             "images_per_second", "flops_per_image", "peak_gflops",
+                                                             "ratio_to_reference")})
+                   for result in values["results"]]
+        return cls(**fields, results=results)
+
     def format(self) -> str:
         return format_report(self)
 
@@ -454,13 +465,20 @@ def targets(report: Report) -> list[dict[str, Any]]:
 
 def ceilings(report: Report) -> list[dict[str, Any]]:
     """For each case with both: matmul-floor's images/s over hf's, the speed-up over hf of an implementation
-    that spent no time outside its matrix products (median over rounds), beside the issue's target."""
+    that spent no time outside its matrix products (median over rounds), beside the issue's target; and each
+    implementation's images/s over the floor's (1 = no time outside the products), beside the fraction of
+    the floor's speed the target asks for (the target times hf's fraction)."""
     values = []
     for floor in (r for r in report.results if r.implementation == "matmul-floor"):
         theirs = find(report, floor.mode, floor.precision, floor.batch_size, "hf")
         if theirs:
+            case = [r for r in report.results if (r.mode, r.precision, r.batch_size) ==
+                    (floor.mode, floor.precision, floor.batch_size) and r is not floor]
+            of_floor = {r.implementation: round_ratio(r, floor) for r in case}
+            target = RATIO_TARGETS[floor.mode]
             values.append({"mode": floor.mode, "precision": floor.precision, "batch_size": floor.batch_size,
-                           "ceiling_over_hf": round_ratio(floor, theirs), "target": RATIO_TARGETS[floor.mode]})
+                           "ceiling_over_hf": round_ratio(floor, theirs), "target": target,
+                           "of_floor": of_floor, "target_of_floor": target * of_floor["hf"]})
     return values
 
 
@@ -499,7 +517,9 @@ def format_report(report: Report) -> str:
     if bounds:
         lines += ["", "ceilings (matmul-floor / hf: the speed-up over hf with zero time outside the matrix products):"]
         lines += [f"  {b['mode']} {b['precision']} batch {b['batch_size']}: {b['ceiling_over_hf']:.2f}"
-                  f" (target {b['target']})" for b in bounds]
+                  f" (target {b['target']}); of the floor's speed: "
+                  + ", ".join(f"{name} {value:.2f}" for name, value in b["of_floor"].items())
+                  + f"; the target needs {b['target_of_floor']:.2f}" for b in bounds]
     return "\n".join(lines)
 
 
@@ -528,6 +548,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-sizes", type=int, nargs="+", default=[1024, 2048], metavar="N",
                         help="square torch.mm sizes of the matmul peak (default 1024 2048)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    parser.add_argument("--show", metavar="PATH", help="measure nothing: print the report that --json wrote to "
+                                                       "PATH, with its targets and ceilings")
+
+
+def load_report(path: str) -> Report:
+    try:
+        with open(path) as file:
+            values = json.load(file)
+        return Report.from_dict(values)
+    except OSError as error:
+        raise InputError(f"--show {path}: cannot read it ({error.strerror})") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"--show {path}: not a report written by `swinv2 benchmark --json` ({error!r})") from error
 
 
 def default_precisions(device: str) -> list[str]:
@@ -541,6 +574,10 @@ def default_precisions(device: str) -> list[str]:
 
 
 def run_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> Report:
+    if args.show:
+        report = load_report(args.show)
+        print(report.format())
+        return report
     overrides = {name: getattr(args, name) for name in ("img_size", "window_size") if getattr(args, name)}
     precisions = args.precisions or default_precisions(args.device)
     if precisions == ["fp32"] and not args.precisions:
