@@ -242,6 +242,22 @@ def test_qkv_gradient_is_assembled_once_in_the_linear_layout():
     assert counter.made == ["stack"], counter.made
 
 
+def test_mlp_makes_one_hidden_buffer_without_autograd():
+    """Inference computes GELU over fc1's output in place (one (tokens, rC) tensor, not two); with autograd
+    GELU's backward needs its input, so it gets a tensor of its own. Both equal fc2(gelu(fc1(x)))."""
+    mlp = blocks_module.Mlp(8, 32)
+    x = torch.randn(5, 8)
+    expected = torch.nn.functional.linear(
+        torch.nn.functional.gelu(torch.nn.functional.linear(x, mlp.fc1.weight, mlp.fc1.bias)),
+        mlp.fc2.weight, mlp.fc2.bias)
+    for grad, made in ((False, ["addmm"]), (True, ["addmm", "gelu"])):
+        counter = TensorsOfSize(5 * 32)
+        with torch.set_grad_enabled(grad), counter:
+            output = mlp(x)
+        assert counter.made == made, (grad, counter.made)
+        torch.testing.assert_close(output, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("resolution, window, shifted", [((7, 7), (7, 7), False), ((4, 4), (4, 4), True),
                                                          ((8, 4), (4, 4), False), ((6, 5), (3, 5), False)])
 def test_blocks_skip_the_gather_only_where_the_window_order_is_the_identity(resolution, window, shifted):
