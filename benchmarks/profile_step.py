@@ -45,9 +45,9 @@ def main() -> None:
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(args.fault_steps):
         step()
-    after, seconds = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - start
+    after, elapsed = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - start
     steps = max(args.fault_steps, 1)
-    print(f"{args.fault_steps} unprofiled steps: {seconds / steps:.3f} s per step, "
+    print(f"{args.fault_steps} unprofiled steps: {elapsed / steps:.3f} s per step, "
           f"{(after.ru_minflt - before.ru_minflt) / steps:,.0f} minor page faults per step, "
           f"system CPU {(after.ru_stime - before.ru_stime) / steps:.3f} s per step")
     with profile(activities=[ProfilerActivity.CPU]) as profiler:

@@ -25,13 +25,14 @@ Implementations:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -101,14 +102,11 @@ class Report:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Report":
-        """A report written by `to_json`; the targets and ceilings are recomputed from its rounds."""
-        fields = {name: values[name] for name in ("model", "config", "machine", "settings", "peak_gflops",
-                                                  "flops_per_image")}
-        results = [Result(**{name: result[name] for name in ("mode", "precision", "batch_size", "implementation",
-                                                             "images_per_second", "flops_per_image", "peak_gflops",
-                                                             "ratio_to_reference")})
-                   for result in values["results"]]
-        return cls(**fields, results=results)
+        """A report written by `to_json`; the targets and ceilings are recomputed from its rounds (and each
+        result's medians and GFLOP/s by Result itself)."""
+        names = {item.name for item in fields(cls)} - {"results"}
+        return cls(**{name: values[name] for name in names},
+                   results=[Result(**result) for result in values["results"]])
 
     def format(self) -> str:
         return format_report(self)
@@ -391,7 +389,8 @@ def run(
         raise InputError("--device cuda: no CUDA device is available to torch")
     reference, peers = build_peers(model, dict(overrides or {}), implementations, attention_impl, target)
     config = reference.config
-    flops = {mode: flops_per_image(reference, mode) for mode in modes}
+    per_image = functools.cache(functools.partial(flops_per_image, reference))  # (mode, batch size) -> FLOPs
+    flops = {mode: per_image(mode, 1) for mode in modes}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peak = {precision: matmul_peak_gflops(dtypes[precision], target, peak_sizes) for precision in precisions}
     report = Report(
@@ -410,8 +409,7 @@ def run(
                 steps = {name: make_step(peer, mode, precision, images, labels) for name, peer in peers.items()
                          if mode == "inference" or name not in INFERENCE_ONLY}
                 seconds = time_interleaved(steps, warmup, repeats, target)
-                per_image = flops[mode] if batch == 1 else flops_per_image(reference, mode, batch)
-                results = [Result(mode, precision, batch, name, [batch / s for s in values], per_image,
+                results = [Result(mode, precision, batch, name, [batch / s for s in values], per_image(mode, batch),
                                   peak[precision]) for name, values in seconds.items()]
                 for result in results[1:]:
                     # Per round, so that load shared by the two runs of a round cancels.
