@@ -13,7 +13,7 @@ from conftest import TINY_ARCHITECTURE, TINY_CLASSES, randomize_
 
 from swinv2 import SwinTransformerV2, SwinV2Config
 from swinv2.models import blocks as blocks_module
-from swinv2.models.attention import WindowAttention
+from swinv2.models.attention import ScaledUnitVectors, WindowAttention
 
 CASES = {
     # TINY: shifted stages 0 and 1, an unshifted stage 2 (map = window), a clamped stage 3 (2x2 map, window 2).
@@ -258,6 +258,73 @@ def test_mlp_makes_one_hidden_buffer_without_autograd():
         torch.testing.assert_close(output, expected, rtol=0, atol=0)
 
 
+def test_sdpa_of_one_image_matches_plain_and_copies_nothing():
+    """One image's windows line up with the shift masks, so the fused kernel takes q, k, v as the strided
+    views they are: batch 1, and the CPU's inference chunks of one image (here stage 0's 16x16 map with
+    inference_chunk_tokens=256). Several images fold their windows into the heads, which copies q, k, v
+    and the output."""
+    plain, fast = pair("shifted-and-clamped")
+    x = images("shifted-and-clamped", batch=1)
+    for model in (plain, fast):
+        model.zero_grad()
+        model(x).square().sum().backward()
+    assert_close_to_scale(fast(x), plain(x), 1e-5, "logits of one image")
+    largest = max(p.grad.abs().max().item() for p in plain.parameters())
+    for (name, expected), actual in zip(plain.named_parameters(), fast.parameters()):
+        assert (actual.grad - expected.grad).abs().max().item() <= 1e-5 * largest, name
+    chunked = SwinTransformerV2(fast.config.replace(inference_chunk_tokens=256)).eval()
+    chunked.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert_close_to_scale(chunked(images("shifted-and-clamped")), plain(images("shifted-and-clamped")), 1e-5,
+                              "one-image chunks")
+
+    channels, heads, windows_per_image, tokens = 12, 3, 4, 16
+    attention = randomize_(WindowAttention(channels, (4, 4), num_heads=heads, attention_impl="sdpa")).eval()
+    mask = torch.zeros(windows_per_image, tokens, tokens).masked_fill_(torch.rand(windows_per_image, tokens, tokens) < 0.3, -100.0)
+    for images_in_call, copies in ((1, []), (2, ["clone"] * 4)):  # q, k, v and the output back
+        windows = images_in_call * windows_per_image
+        x, counter = torch.randn(windows, tokens, channels), TensorsOfSize(windows * tokens * channels)
+        with torch.no_grad(), counter:
+            attention(x, mask)
+        made = [name for name in counter.made if name in ("clone", "copy", "_to_copy", "contiguous")]
+        assert made == copies, (images_in_call, counter.made)
+
+
+def test_scaled_unit_vectors_gradients_against_finite_differences():
+    """The closed-form backward of q and k's normalisation: gradcheck compares it (and, differentiating the
+    backward, its own gradient) with finite differences in float64; a zero and a tiny vector, which the norm
+    clamps, against autograd through torch's F.normalize."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=generator).requires_grad_(True)
+    scale = (torch.rand(3, 1, 1, dtype=torch.float64, generator=generator) + 0.5).requires_grad_(True)
+    for arguments in ((x, scale), (x, None)):
+        assert torch.autograd.gradcheck(ScaledUnitVectors.apply, arguments)
+        assert torch.autograd.gradgradcheck(ScaledUnitVectors.apply, arguments)
+    clamped = x.detach().clone()
+    clamped[0, 0, 0], clamped[1, 2, 3] = 0.0, clamped[1, 2, 3] * 1e-14
+    grad = torch.randn(clamped.shape, dtype=torch.float64, generator=generator)
+    results = []
+    for function in (ScaledUnitVectors.apply,
+                     lambda v, s: torch.nn.functional.normalize(v, dim=-1, eps=1e-12) * s):
+        inputs = (clamped.clone().requires_grad_(True), scale.detach().clone().requires_grad_(True))
+        output = function(*inputs)
+        results.append((output, *torch.autograd.grad(output, inputs, grad)))
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_scaled_unit_vectors_backward_makes_two_tensors_of_x_size():
+    """<g, x> and g * f, then x's term added in place: autograd's own backward of the norm, the quotient and
+    the product made five."""
+    x = torch.randn(4, 3, 16, 8, requires_grad=True)
+    scale = torch.rand(3, 1, 1, requires_grad=True)
+    output = ScaledUnitVectors.apply(x, scale)
+    grad, counter = torch.randn_like(output), TensorsOfSize(x.numel())
+    with counter:
+        output.backward(grad)
+    assert len(counter.made) == 2, counter.made
+
+
 @pytest.mark.parametrize("resolution, window, shifted", [((7, 7), (7, 7), False), ((4, 4), (4, 4), True),
                                                          ((8, 4), (4, 4), False), ((6, 5), (3, 5), False)])
 def test_blocks_skip_the_gather_only_where_the_window_order_is_the_identity(resolution, window, shifted):
@@ -319,3 +386,23 @@ def test_torch_compile_fullgraph_of_the_sdpa_path(tiny_config):
     x = images("shifted-and-clamped")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_training_gradients_match_eager(tiny_config):
+    """Training compiled as one graph, ScaledUnitVectors' hand-written backward included, gives the
+    gradients autograd gives the plain model eagerly, with drop path off so both compute one function."""
+    # Two stages (a shifted block in the first) keep the compilation of forward and backward short.
+    small = tiny_config.replace(depths=(2, 1), num_heads=(1, 2), attention_impl="plain", drop_path_rate=0.0)
+    plain = randomize_(SwinTransformerV2(small)).train()
+    model = SwinTransformerV2(plain.config.replace(attention_impl="auto"))
+    model.load_state_dict(plain.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(model.train(), fullgraph=True)
+    x = images("shifted-and-clamped")
+    for network in (plain, compiled):
+        network(x).square().mean().backward()
+    largest = max(p.grad.abs().max().item() for p in plain.parameters())
+    for (name, expected), actual in zip(plain.named_parameters(), model.parameters()):
+        error = (actual.grad - expected.grad).abs().max().item()
+        assert error <= 1e-5 * largest, f"gradient of {name}: max error {error:.3g}, largest gradient {largest:.3g}"

@@ -254,6 +254,28 @@ def test_drop_path_keeps_expectation():
     assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], 1 / 0.75))
 
 
+def test_drop_path_residual_adds_a_dropped_or_rescaled_branch_per_sample():
+    """x + drop_path(branch) in one addcmul: each sample gets its branch times 0 or 1 / keep, and so does
+    its gradient; the main branch's gradient passes unchanged. Without training, a plain sum."""
+    from swinv2.models.blocks import DropPath
+
+    torch.manual_seed(0)
+    drop = DropPath(0.25).train()
+    x, branch = torch.randn(4000, 3, 2), torch.randn(4000, 3, 2, requires_grad=True)
+    main = x.clone().requires_grad_(True)
+    out = drop.residual(main, branch)
+    out.backward(torch.ones_like(out))
+    added = out.detach() - x
+    kept = (added.abs().sum((1, 2)) != 0)
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
+    torch.testing.assert_close(added[kept], branch.detach()[kept] / 0.75)
+    assert torch.equal(added[~kept], torch.zeros_like(added[~kept]))
+    torch.testing.assert_close(branch.grad[kept], torch.full_like(branch.grad[kept], 1 / 0.75))
+    assert torch.equal(branch.grad[~kept], torch.zeros_like(branch.grad[~kept]))
+    assert torch.equal(main.grad, torch.ones_like(main.grad))
+    assert torch.equal(drop.eval().residual(x, branch), x + branch)
+
+
 def test_absolute_position_embedding_option():
     model = swinv2.SwinTransformerV2(**dict(TINY, ape=True))
     assert model.absolute_pos_embed.shape == (1, 16 * 16, 32)

@@ -23,6 +23,7 @@ from .position_bias import relative_coordinates_table, relative_position_index, 
 
 # A Python float, not a tensor: a CPU tensor bound breaks on CUDA and under graph capture.
 MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+NORM_EPS = 1e-12  # F.normalize's: q and k shorter than this are divided by it instead
 
 # FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel, and would count the
 # attention products as 0 FLOPs (`swinv2 info`, the benchmark): give it the formulas of the CUDA ones.
@@ -46,6 +47,43 @@ def rows_for_windows(table: torch.Tensor, start: int, stop: int) -> torch.Tensor
     if rows == 1 or (start % rows == 0 and (stop - start) % rows == 0):
         return table
     return table[torch.arange(start, stop, device=table.device) % rows]
+
+
+class ScaledUnitVectors(torch.autograd.Function):
+    """x * scale / max(|x|, eps) along the last dimension: F.normalize (same eps) times a per-head scale,
+    scale None for 1. (..., d) -> (..., d); the norms are accumulated in fp32 also for bf16/fp16 x.
+
+    Autograd would take the gradient of the norm, the quotient and the product one by one, seven passes over
+    x-sized tensors; the closed form takes four. With n = max(|x|, eps), f = scale / n, y = x * f and g the
+    gradient of y, r = <g, x> per vector:
+        dx     = f * g - (r * f / n^2) * x     (the second term only where |x| > eps: n is constant below it)
+        dscale = sum of r / n over what scale was broadcast over
+    """
+
+    @staticmethod
+    def norm_and_factor(x: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=wide).clamp_min(NORM_EPS)  # (..., 1)
+        return norm, norm.reciprocal() if scale is None else scale / norm
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        norm, factor = ScaledUnitVectors.norm_and_factor(x, scale)
+        ctx.save_for_backward(x, scale, norm, factor)
+        return x * factor.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, scale, norm, factor = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the backward itself is differentiated, in x and scale
+            norm, factor = ScaledUnitVectors.norm_and_factor(x, scale)
+        dot = torch.linalg.vecdot(grad, x, dim=-1).unsqueeze(-1).to(norm.dtype)  # r, (..., 1)
+        through_norm = torch.where(norm > NORM_EPS, dot * factor / norm.square(), 0.0)
+        grad_x = (grad * factor.to(grad.dtype)).addcmul_(through_norm.to(x.dtype), x, value=-1)
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = (dot / norm).sum_to_size(scale.shape)
+        return grad_x, grad_scale
 
 
 class WindowAttention(nn.Module):
@@ -236,17 +274,13 @@ class WindowAttention(nn.Module):
 
         # Scaled cosine attention, |logits| <= 1 / tau whatever the activation amplitude: q and k to unit
         # length, and 1 / tau folded into q (the (windows, heads, N, N) logits are never scaled in a pass
-        # of their own). One pass over each: x * (s / max(|x|, eps)), F.normalize's eps, with the norms
-        # accumulated in fp32 also when autocast gives bf16/fp16 q and k.
+        # of their own).
         if self.logit_scale is None:
             q = q * head_dim**-0.5  # Swin v1's dot product: logits grow with the activations
         else:
-            wide = torch.promote_types(q.dtype, torch.float32)
             inverse_tau = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
-            q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=wide).clamp_min(1e-12)  # (windows, heads, N, 1)
-            k_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=wide).clamp_min(1e-12)
-            q = q * (inverse_tau / q_norm).to(q.dtype)
-            k = k * k_norm.reciprocal().to(k.dtype)
+            q = ScaledUnitVectors.apply(q, inverse_tau)
+            k = ScaledUnitVectors.apply(k, None)
 
         x = self.attend_sdpa(q, k, v, bias) if fused else self.attend_plain(q, k, v, bias)
         return self.proj_drop(self.proj(x.reshape(windows, tokens, channels)))
@@ -265,10 +299,12 @@ class WindowAttention(nn.Module):
         kernels accumulate the softmax in fp32). Returns (windows, N, heads, head_dim)."""
         windows, heads, tokens, head_dim = q.shape
         num_masks = bias.shape[0]
-        if num_masks > 1:
+        if 1 < num_masks < windows:
             # The kernels broadcast a mask over leading dimensions of size 1 only, and mask i belongs to
             # window i % nW: fold the windows of an image into the heads, (B, nW * heads, N, head_dim),
-            # so that one (1, nW * heads, N, N) mask serves every image. Needs (windows, heads) contiguous.
+            # so that one (1, nW * heads, N, N) mask serves every image. Needs (windows, heads) contiguous,
+            # a copy of q, k and v. Not needed for one image (batch 1, or the CPU's one-image inference
+            # chunks of the large maps): its windows line up with the masks as they are.
             q, k, v = (t.contiguous().view(-1, num_masks * heads, tokens, head_dim) for t in (q, k, v))
             bias = bias.view(1, num_masks * heads, tokens, tokens)
         dropout = self.attn_drop.p if self.training else 0.0

@@ -17,11 +17,21 @@ class DropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.sample_scale(x)
+        return x if scale is None else x * scale
+
+    def residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """x + self(branch) in one pass over the activations (addcmul), not a product and then a sum."""
+        scale = self.sample_scale(branch)
+        return x + branch if scale is None else torch.addcmul(x, branch, scale)
+
+    def sample_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, ...): 0 for a dropped sample, 1 / keep for a kept one; None when nothing is dropped."""
         if self.drop_prob == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.drop_prob
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return x * x.new_empty(shape).bernoulli_(keep) / keep
+        return x.new_empty(shape).bernoulli_(keep).div_(keep)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
@@ -202,12 +212,13 @@ class SwinTransformerV2Block(nn.Module):
         return x.view(batch, padded_height, padded_width, channels)[:, :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # drop_path.residual(x, branch) = x + drop_path(branch)
         if self.norm == "pre":
-            x = x + self.drop_path(self.shifted_window_attention(self.norm1(x)))
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x = self.drop_path.residual(x, self.shifted_window_attention(self.norm1(x)))
+            x = self.drop_path.residual(x, self.mlp(self.norm2(x)))
         else:
-            x = x + self.drop_path(self.norm1(self.shifted_window_attention(x)))
-            x = x + self.drop_path(self.norm2(self.mlp(x)))
+            x = self.drop_path.residual(x, self.norm1(self.shifted_window_attention(x)))
+            x = self.drop_path.residual(x, self.norm2(self.mlp(x)))
         if self.main_branch_norm is not None:
             x = self.main_branch_norm(x)
         return x
