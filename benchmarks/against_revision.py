@@ -50,15 +50,11 @@ def import_revision(revision: str, folder: Path):
     return importlib.import_module("swinv2_at_revision")
 
 
-def operator_times(step, steps: int) -> collections.Counter:
-    """Self CPU seconds of each operator over `steps` profiled calls of `step`."""
-    times: collections.Counter = collections.Counter()
-    for _ in range(steps):
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            step()
-        for event in profiler.key_averages():
-            times[event.key] += event.self_cpu_time_total / 1e6
-    return times
+def operator_times(step) -> collections.Counter:
+    """Self CPU seconds of each operator in one profiled call of `step`."""
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step()
+    return collections.Counter({event.key: event.self_cpu_time_total / 1e6 for event in profiler.key_averages()})
 
 
 def main() -> None:
@@ -96,7 +92,7 @@ def main() -> None:
             times: dict[str, collections.Counter] = {key: collections.Counter() for key in steps}
             for _ in range(args.profile):  # interleaved, one profiled step at a time
                 for key, step in steps.items():
-                    times[key] += operator_times(step, 1)
+                    times[key] += operator_times(step)
             for key, counter in times.items():
                 total = sum(counter.values()) / args.profile
                 products = sum(counter[op] for op in MATRIX_OPERATORS) / args.profile

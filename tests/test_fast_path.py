@@ -208,7 +208,6 @@ def test_masks_are_built_once_per_size(monkeypatch):
         assert built[0] == sum(TINY_ARCHITECTURE["depths"])
 
 
-
 class TensorsOfSize(TorchDispatchMode):
     """Names the operators that make a new tensor of `numel` elements (views of their inputs not counted)."""
 
