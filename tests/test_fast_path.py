@@ -257,11 +257,13 @@ def test_mlp_makes_one_hidden_buffer_without_autograd():
         torch.testing.assert_close(output, expected, rtol=0, atol=0)
 
 
-def test_sdpa_of_one_image_matches_plain_and_copies_nothing():
-    """One image's windows line up with the shift masks, so the fused kernel takes q, k, v as the strided
-    views they are: batch 1, and the CPU's inference chunks of one image (here stage 0's 16x16 map with
-    inference_chunk_tokens=256). Several images fold their windows into the heads, which copies q, k, v
-    and the output."""
+def test_sdpa_of_one_image_matches_plain_without_a_fold():
+    """One image's windows line up with the shift masks, so the fused kernel takes q, k, v as they are:
+    batch 1, and the CPU's inference chunks of one image (here stage 0's 16x16 map with
+    inference_chunk_tokens=256); q keeps the tokens-first order of the qkv product, which the kernel's
+    output follows, so nothing is copied. Several images fold their windows into the heads: q and k are
+    written contiguous by their normalisation, the layout the fold needs, v is copied, and the output
+    once back to tokens first."""
     plain, fast = pair("shifted-and-clamped")
     x = images("shifted-and-clamped", batch=1)
     for model in (plain, fast):
@@ -280,7 +282,7 @@ def test_sdpa_of_one_image_matches_plain_and_copies_nothing():
     channels, heads, windows_per_image, tokens = 12, 3, 4, 16
     attention = randomize_(WindowAttention(channels, (4, 4), num_heads=heads, attention_impl="sdpa")).eval()
     mask = torch.zeros(windows_per_image, tokens, tokens).masked_fill_(torch.rand(windows_per_image, tokens, tokens) < 0.3, -100.0)
-    for images_in_call, copies in ((1, []), (2, ["clone"] * 4)):  # q, k, v and the output back
+    for images_in_call, copies in ((1, []), (2, ["clone"] * 2)):  # v and the output back
         windows = images_in_call * windows_per_image
         x, counter = torch.randn(windows, tokens, channels), TensorsOfSize(windows * tokens * channels)
         with torch.no_grad(), counter:

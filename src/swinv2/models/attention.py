@@ -40,6 +40,15 @@ ATTENTION_KINDS = ("cosine", "dot")
 POSITION_BIASES = ("cpb_log", "cpb_linear", "table")
 
 
+def folds_windows_into_heads(num_masks: int, windows: int) -> bool:
+    """Whether attend_sdpa folds the windows of each image into the heads, (B, nW * heads, N, head_dim), so
+    that one (1, nW * heads, N, N) mask serves every image: the kernels broadcast a mask over leading
+    dimensions of size 1 only, and mask i belongs to window i % nW. Not for one mask, nor for the windows of
+    one image (batch 1, or the CPU's one-image inference chunks of the large maps), which line up with the
+    masks as they are."""
+    return 1 < num_masks < windows
+
+
 def rows_for_windows(table: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """The rows of a per-window table (n, ...) for windows start..stop, window i using row i % n.
     The table itself where that is the same thing (one row, or a chunk of whole images)."""
@@ -67,10 +76,21 @@ class ScaledUnitVectors(torch.autograd.Function):
         return norm, norm.reciprocal() if scale is None else scale / norm
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor | None, keep_layout: bool = False) -> torch.Tensor:
         norm, factor = ScaledUnitVectors.norm_and_factor(x, scale)
         ctx.save_for_backward(x, scale, norm, factor)  # scale None is saved as None
-        return x * factor.to(x.dtype)
+        return ScaledUnitVectors.scaled(x, factor, keep_layout)
+
+    @staticmethod
+    def scaled(x: torch.Tensor, factor: torch.Tensor, keep_layout: bool) -> torch.Tensor:
+        """x * factor, contiguous in x's (..., d) order, or with keep_layout in x's own order. q, k are
+        strided views into the qkv linear's output, tokens first. Contiguous is what the fold in attend_sdpa
+        and the matmuls take, and faster to write (docs/performance.md, item 16); the tokens-first order is
+        the one SDPA on the CPU then writes its output in, which proj takes without a copy. An element-wise
+        result takes the layout of its first operand where that one decides it: x first keeps x's order,
+        the (..., 1) factor first decides every dimension but the last."""
+        factor = factor.to(x.dtype)
+        return x * factor if keep_layout else factor * x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,16 +103,16 @@ class ScaledUnitVectors(torch.autograd.Function):
         grad_scale = None
         if ctx.needs_input_grad[1]:
             grad_scale = (dot / norm).sum_to_size(scale.shape)
-        return grad_x, grad_scale
+        return grad_x, grad_scale, None
 
 
-def scaled_unit_vectors(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def scaled_unit_vectors(x: torch.Tensor, scale: torch.Tensor | None, keep_layout: bool = False) -> torch.Tensor:
     """ScaledUnitVectors where a gradient is wanted; without one, its forward as plain operators (no
     autograd.Function to enter: 50 us a call, 1.6% of SwinV2-T's forward pass at batch 1)."""
     if torch.is_grad_enabled() and (x.requires_grad or (scale is not None and scale.requires_grad)):
-        return ScaledUnitVectors.apply(x, scale)
+        return ScaledUnitVectors.apply(x, scale, keep_layout)
     norm, factor = ScaledUnitVectors.norm_and_factor(x, scale)
-    return x * factor.to(x.dtype)
+    return ScaledUnitVectors.scaled(x, factor, keep_layout)
 
 
 class WindowAttention(nn.Module):
@@ -288,7 +308,9 @@ class WindowAttention(nn.Module):
             q = q * head_dim**-0.5  # Swin v1's dot product: logits grow with the activations
         else:
             inverse_tau = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
-            q = scaled_unit_vectors(q, inverse_tau)
+            # q in the order the output should have: tokens first where SDPA takes it unfolded.
+            unfolded = fused and not folds_windows_into_heads(bias.shape[0], windows)
+            q = scaled_unit_vectors(q, inverse_tau, keep_layout=unfolded)
             k = scaled_unit_vectors(k, None)
 
         x = self.attend_sdpa(q, k, v, bias) if fused else self.attend_plain(q, k, v, bias)
@@ -308,17 +330,16 @@ class WindowAttention(nn.Module):
         kernels accumulate the softmax in fp32). Returns (windows, N, heads, head_dim)."""
         windows, heads, tokens, head_dim = q.shape
         num_masks = bias.shape[0]
-        if 1 < num_masks < windows:
-            # The kernels broadcast a mask over leading dimensions of size 1 only, and mask i belongs to
-            # window i % nW: fold the windows of an image into the heads, (B, nW * heads, N, head_dim),
-            # so that one (1, nW * heads, N, N) mask serves every image. Needs (windows, heads) contiguous,
-            # a copy of q, k and v. Not needed for one image (batch 1, or the CPU's one-image inference
-            # chunks of the large maps): its windows line up with the masks as they are.
+        if folds_windows_into_heads(num_masks, windows):
+            # Needs (windows, heads) contiguous: a copy of v (cosine attention's q and k come contiguous
+            # from their normalisation).
             q, k, v = (t.contiguous().view(-1, num_masks * heads, tokens, head_dim) for t in (q, k, v))
             bias = bias.view(1, num_masks * heads, tokens, tokens)
         dropout = self.attn_drop.p if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)
-        return x.reshape(windows, heads, tokens, head_dim).transpose(1, 2)
+        # Back to (windows, N, heads, head_dim) in at most one copy, whichever layout the kernel wrote (the
+        # CPU's follows q's): unfolding heads-first first would copy a tokens-first output twice.
+        return x.unflatten(1, (-1, heads)).transpose(-3, -2).reshape(windows, tokens, heads, head_dim)
 
     def extra_repr(self) -> str:
         return (
