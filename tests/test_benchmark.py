@@ -91,6 +91,32 @@ def test_peers_share_the_weights_and_compute_the_same_function():
             torch.testing.assert_close(peer.eval()(x), expected, rtol=1e-4, atol=1e-4, msg=name)
 
 
+@pytest.mark.slow
+def test_frozen_peer_holds_the_weights_as_constants_and_the_compiled_peer_does_not():
+    """Freezing makes the weights constants of the graph, pre-packed for MKL: a weight edited in place after
+    the first call changes what the compiled peer computes and not what the frozen one does. A model
+    compiled with torch.compile(options={"freezing": True}) failed this, as the compiled one: Dynamo reads
+    the flag while it traces, before inductor sees the options."""
+    reference, peers = build_peers("swinv2_tiny_window8_256", TINY, ["swinv2-compiled", "swinv2-frozen"], "auto",
+                                   torch.device("cpu"), initialise=randomize_)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = reference.eval()(x)
+        before = {name: peer.eval()(x) for name, peer in peers.items()}
+        for name, peer in peers.items():
+            with torch.profiler.profile() as profiler:
+                peer(x)
+            operators = {event.key for event in profiler.key_averages()}
+            # The linear layers: MKL's packed-weight kernel where frozen, addmm on the live weights where not.
+            assert ("mkl::_mkl_linear" in operators) == (name == "swinv2-frozen"), (name, sorted(operators))
+        for name, output in before.items():
+            torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4, msg=name)
+            dict(peers[name].named_parameters())["model.head.weight" if name == "swinv2-frozen"
+                                                 else "_orig_mod.head.weight"].mul_(2.0)
+        assert not torch.allclose(peers["swinv2-compiled"](x), before["swinv2-compiled"])
+        torch.testing.assert_close(peers["swinv2-frozen"](x), before["swinv2-frozen"], rtol=0, atol=0)
+
+
 def test_report_has_every_case_and_its_fields():
     report = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2", "hf"], batch_sizes=[1, 2],
                  train_batch_sizes=[2], warmup=0, repeats=2, peak_sizes=[128])

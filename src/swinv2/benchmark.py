@@ -193,6 +193,27 @@ class Logits(nn.Module):
         return self.model(pixel_values=x).logits
 
 
+class Frozen(nn.Module):
+    """`model` under torch.compile with inductor's freezing. Dynamo decides on freezing while it traces, at
+    the first call, and lifts the parameters as constants only if `torch._inductor.config.freezing` is set
+    then; `torch.compile(model, options={"freezing": True})` alone hands the flag to inductor only, and
+    with torch 2.13 compiled a graph that reads the live weights (not frozen, nothing pre-packed). So every
+    call runs with the flag set. The options stay: they make this a backend of its own, without which
+    Dynamo would reuse a graph that another torch.compile of the same class traced (swinv2-compiled's)
+    for this one. tests/test_benchmark.py checks both peers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model, options={"freezing": True})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._inductor import config as inductor_config  # imported by torch.compile, not by torch
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+
 def build_peers(model_name: str, overrides: dict[str, Any], implementations: Sequence[str],
                 attention_impl: str, device: torch.device, seed: int = 0,
                 initialise: Callable[[SwinTransformerV2], Any] | None = None,
@@ -221,7 +242,7 @@ def build_peers(model_name: str, overrides: dict[str, Any], implementations: Seq
             if name == "swinv2-compiled":
                 model = torch.compile(model)
             elif name == "swinv2-frozen":
-                model = torch.compile(model, options={"freezing": True})
+                model = Frozen(model)
             peers[name] = model
     return reference, {name: model.to(device) for name, model in peers.items()}
 
