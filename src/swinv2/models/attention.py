@@ -93,7 +93,7 @@ class ScaledUnitVectors(torch.autograd.Function):
         return x * factor if keep_layout else factor * x
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
         x, scale, norm, factor = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the backward itself is differentiated, in x and scale
             norm, factor = ScaledUnitVectors.norm_and_factor(x, scale)
