@@ -274,6 +274,11 @@ def test_drop_path_residual_adds_a_dropped_or_rescaled_branch_per_sample():
     assert torch.equal(branch.grad[~kept], torch.zeros_like(branch.grad[~kept]))
     assert torch.equal(main.grad, torch.ones_like(main.grad))
     assert torch.equal(drop.eval().residual(x, branch), x + branch)
+    # Without autograd the sum lands in the branch's own memory: the same numbers, no new tensor.
+    expected, temporary = x + branch.detach(), branch.detach().clone()
+    with torch.no_grad():
+        out = drop.residual(x, temporary)
+    assert out.data_ptr() == temporary.data_ptr() and torch.equal(out, expected)
 
 
 def test_absolute_position_embedding_option():

@@ -21,9 +21,14 @@ class DropPath(nn.Module):
         return x if scale is None else x * scale
 
     def residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        """x + self(branch) in one pass over the activations (addcmul), not a product and then a sum."""
+        """x + self(branch) in one pass over the activations (addcmul), not a product and then a sum.
+        Where nothing is dropped and autograd does not record, x is added into branch, the block's own
+        temporary (a norm's or a linear's output), not into a fresh tensor: one large allocation fewer per
+        residual in inference (docs/performance.md, item 17)."""
         scale = self.sample_scale(branch)
-        return x + branch if scale is None else torch.addcmul(x, branch, scale)
+        if scale is not None:
+            return torch.addcmul(x, branch, scale)
+        return x + branch if torch.is_grad_enabled() and branch.requires_grad else branch.add_(x)
 
     def sample_scale(self, x: torch.Tensor) -> torch.Tensor | None:
         """(B, 1, ...): 0 for a dropped sample, 1 / keep for a kept one; None when nothing is dropped."""
