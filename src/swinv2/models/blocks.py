@@ -23,7 +23,8 @@ class DropPath(nn.Module):
     def residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         """x + self(branch) in one pass over the activations (addcmul), not a product and then a sum.
         Where nothing is dropped and autograd does not record, x is added into branch, the block's own
-        temporary (a norm's or a linear's output), not into a fresh tensor: one large allocation fewer per
+        temporary (the post-norm's output; in pre-norm the attention's or the MLP's, the attention's a crop
+        of its padded map where the map was padded), not into a fresh tensor: one large allocation fewer per
         residual in inference (docs/performance.md, item 17)."""
         scale = self.sample_scale(branch)
         if scale is not None:
