@@ -5,7 +5,8 @@
 
 The same step as `swinv2 benchmark` times (benchmark.make_step), for one implementation, after two
 untimed calls; prints the operators that took the most time, and how the matrix products (mm, addmm,
-bmm, the SDPA kernel, convolutions) compare with everything else. The profiler adds some time of its own.
+bmm, oneDNN's linear, a frozen graph's packed ones, the SDPA kernel, convolutions) compare with
+everything else. The profiler adds some time of its own.
 Before it, the minor page faults of `--fault-steps` unprofiled steps (getrusage): each is a fresh page of
 memory the kernel zeroes, what allocations above glibc's mmap threshold cost (docs/performance.md, item 10).
 They depend on the allocator's state (one implementation per run here) and moved by up to half between
@@ -22,7 +23,10 @@ from torch.profiler import ProfilerActivity, profile
 from swinv2.benchmark import DEFAULT_MODEL, IMPLEMENTATIONS, MODES, build_peers, make_step
 
 MATRIX_OPERATORS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
-                    "aten::convolution_backward", "aten::_scaled_dot_product_flash_attention_for_cpu")
+                    "aten::convolution_backward", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                    "mkldnn::_linear_pointwise",  # linear_impl "onednn" (models/linear.py)
+                    # a frozen graph's pre-packed products (swinv2-frozen)
+                    "mkl::_mkl_linear", "mkldnn::_convolution_pointwise")
 
 
 def main() -> None:

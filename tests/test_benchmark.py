@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from swinv2 import SwinTransformerV2, SwinV2Config
 from swinv2.benchmark import build_peers, find, flops_per_image, make_step, run
 from swinv2.cli import main
+from swinv2.models.linear import onednn_available
 
 # Two stages: an 8x8 map in windows of 4 (shifted odd block), then a 4x4 map that is one window.
 TINY = {"img_size": 32, "window_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "num_classes": 5,
@@ -133,6 +134,11 @@ def test_report_has_every_case_and_its_fields():
     assert set(values) >= {"model", "config", "machine", "settings", "peak_gflops", "flops_per_image", "results",
                            "targets"}
     assert values["peak_gflops"]["fp32"] > 0 and values["peak_gflops"]["bf16"] > 0
+    # The peak is the fastest kernel's: fp32 on the CPU also oneDNN's linear, which the model's layers may run.
+    kernels = values["settings"]["peak_kernels"]
+    assert list(kernels["fp32"]) == (["torch.mm", "oneDNN linear"] if onednn_available() else ["torch.mm"])
+    assert list(kernels["bf16"]) == ["torch.mm"]
+    assert values["peak_gflops"]["fp32"] == max(kernels["fp32"].values())
     for result in values["results"]:
         assert len(result["images_per_second"]) == 2
         assert result["minimum"] <= result["median"] <= result["maximum"]
@@ -168,11 +174,14 @@ def test_benchmark_command_refuses_a_bad_batch(capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("linear_impl", ["aten", "onednn"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_matmul_floor_replays_the_products_of_a_hand_count(precision):
+def test_matmul_floor_replays_the_products_of_a_hand_count(precision, linear_impl):
     """The floor's step runs exactly the model's matrix products: its FLOPs, counted by FlopCounterMode while
-    it replays them, equal the hand count for the batch (the CPB MLPs run once per batch, the rest per image)."""
-    _, peers = build_peers("swinv2_tiny_window8_256", TINY, ["matmul-floor"], "auto", torch.device("cpu"))
+    it replays them, equal the hand count for the batch (the CPB MLPs run once per batch, the rest per image),
+    whichever kernel the linear layers run (oneDNN's, models/linear.py, is recorded and counted too)."""
+    _, peers = build_peers("swinv2_tiny_window8_256", {**TINY, "linear_impl": linear_impl}, ["matmul-floor"],
+                           "auto", torch.device("cpu"))
     images = torch.randn(3, 3, 32, 32)
     labels = torch.tensor([0, 3, 4])
     for mode, flops in batch_flops(hand_count(SwinV2Config(**TINY)), 3).items():

@@ -14,6 +14,7 @@ from conftest import TINY_ARCHITECTURE, TINY_CLASSES, randomize_
 from swinv2 import SwinTransformerV2, SwinV2Config
 from swinv2.models import blocks as blocks_module
 from swinv2.models.attention import ScaledUnitVectors, WindowAttention
+from swinv2.models.linear import onednn_available
 
 CASES = {
     # TINY: shifted stages 0 and 1, an unshifted stage 2 (map = window), a clamped stage 3 (2x2 map, window 2).
@@ -241,20 +242,27 @@ def test_qkv_gradient_is_assembled_once_in_the_linear_layout():
     assert counter.made == ["stack"], counter.made
 
 
-def test_mlp_makes_one_hidden_buffer_without_autograd():
+@pytest.mark.parametrize(("linear_impl", "product"), [("aten", "addmm"), ("onednn", "_linear_pointwise")])
+def test_mlp_makes_one_hidden_buffer_without_autograd(linear_impl, product):
     """Inference computes GELU over fc1's output in place (one (tokens, rC) tensor, not two); with autograd
-    GELU's backward needs its input, so it gets a tensor of its own. Both equal fc2(gelu(fc1(x)))."""
+    GELU's backward needs its input, so it gets a tensor of its own. Both equal fc2(gelu(fc1(x))), exactly
+    where the layers are F.linear (oneDNN's products round differently: models/linear.py)."""
+    if linear_impl == "onednn" and not onednn_available():
+        pytest.skip("this PyTorch has no oneDNN")
     mlp = blocks_module.Mlp(8, 32)
+    for layer in (mlp.fc1, mlp.fc2):
+        layer.impl = linear_impl
     x = torch.randn(5, 8)
     expected = torch.nn.functional.linear(
         torch.nn.functional.gelu(torch.nn.functional.linear(x, mlp.fc1.weight, mlp.fc1.bias)),
         mlp.fc2.weight, mlp.fc2.bias)
-    for grad, made in ((False, ["addmm"]), (True, ["addmm", "gelu"])):
+    tolerance = 0 if linear_impl == "aten" else 1e-6
+    for grad, made in ((False, [product]), (True, [product, "gelu"])):
         counter = TensorsOfSize(5 * 32)
         with torch.set_grad_enabled(grad), counter:
             output = mlp(x)
         assert counter.made == made, (grad, counter.made)
-        torch.testing.assert_close(output, expected, rtol=0, atol=0)
+        torch.testing.assert_close(output, expected, rtol=tolerance, atol=tolerance)
 
 
 def test_sdpa_of_one_image_matches_plain_without_a_fold():

@@ -3,13 +3,14 @@
 For each case (inference or a training step; fp32 or bf16 autocast; a batch size) every implementation
 runs in the same process, interleaved A B A B ... after a warm-up, so that a machine whose load drifts
 slows them alike; the table gives each one's median images/s with the min-max, the median ratio to the
-first peer, and the achieved GFLOP/s against the machine's matmul peak (torch.mm, same threads and
-dtype). FLOPs per image come from `torch.utils.flop_counter.FlopCounterMode` on the meta device, the
-counting `swinv2 info` uses (matrix products and convolutions, 2 per multiply-add), for the forward
-pass and, for training, forward plus backward.
+first peer, and the achieved GFLOP/s against the machine's matmul peak (torch.mm, and oneDNN's linear
+for fp32 on the CPU, the faster of the two; same threads and dtype). FLOPs per image come from
+`torch.utils.flop_counter.FlopCounterMode` on the meta device, the counting `swinv2 info` uses (matrix
+products and convolutions, 2 per multiply-add), for the forward pass and, for training, forward plus
+backward.
 
 Implementations:
-    swinv2           this project as configured (attention_impl "auto": docs/performance.md)
+    swinv2           this project as configured (attention_impl and linear_impl "auto": docs/performance.md)
     swinv2-plain     this project with the reference attention (matmul + softmax, bias recomputed)
     swinv2-compiled  this project under torch.compile (the first calls compile, inside the warm-up)
     swinv2-frozen    the same with inductor's freezing: the weights become graph constants, folded and
@@ -44,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InputError, SwinV2Error
 from .models import SwinTransformerV2, create_model
+from .models.linear import LINEAR_IMPLEMENTATIONS, onednn_available, onednn_linear
 from .train.precision import cpu_has_fast_bf16
 
 IMPLEMENTATIONS = ("swinv2", "swinv2-plain", "swinv2-compiled", "swinv2-frozen", "hf", "matmul-floor")
@@ -133,23 +135,40 @@ def flops_per_image(model: SwinTransformerV2, mode: str, batch_size: int = 1) ->
     return counter.get_total_flops() / batch_size
 
 
-def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
-                       repeats: int = 5) -> float:
-    """The best median GFLOP/s of torch.mm over square sizes, in this process's threads."""
-    best = 0.0
+def peak_kernels(dtype: torch.dtype, device: torch.device) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Any]]:
+    """The matrix-product kernels the peak is the best of: torch.mm, and oneDNN's linear (a @ b^T, the same
+    FLOPs) for fp32 on CPUs where it is there, since models/linear.py may run the model's products through
+    it and a peak below what the model's own kernels reach would overstate the fraction of it."""
+    kernels: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]] = {"torch.mm": torch.mm}
+    if device.type == "cpu" and dtype == torch.float32 and onednn_available():
+        kernels["oneDNN linear"] = lambda a, b: onednn_linear(a, b, None)
+    return kernels
+
+
+def matmul_peaks(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
+                 repeats: int = 5) -> dict[str, float]:
+    """Each of `peak_kernels`' best median GFLOP/s over square sizes, in this process's threads."""
+    best = dict.fromkeys(peak_kernels(dtype, device), 0.0)
     for size in sizes:
         a = torch.randn(size, size, device=device).to(dtype)
         b = torch.randn(size, size, device=device).to(dtype)
-        seconds = []
-        for index in range(repeats + 1):
-            synchronize(device)
-            start = time.perf_counter()
-            torch.mm(a, b)
-            synchronize(device)
-            if index:  # the first call warms up
-                seconds.append(time.perf_counter() - start)
-        best = max(best, 2 * size**3 / statistics.median(seconds) / 1e9)
+        for name, kernel in peak_kernels(dtype, device).items():
+            seconds = []
+            for index in range(repeats + 1):
+                synchronize(device)
+                start = time.perf_counter()
+                kernel(a, b)
+                synchronize(device)
+                if index:  # the first call warms up
+                    seconds.append(time.perf_counter() - start)
+            best[name] = max(best[name], 2 * size**3 / statistics.median(seconds) / 1e9)
     return best
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
+                       repeats: int = 5) -> float:
+    """The matmul peak: the fastest of `peak_kernels`."""
+    return max(matmul_peaks(dtype, device, sizes, repeats).values())
 
 
 def synchronize(device: torch.device) -> None:
@@ -296,7 +315,9 @@ def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats:
 # --------------------------------------------------------------------------- the matmul floor
 MATRIX_PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
                    torch.ops.aten.baddbmm.default, torch.ops.aten.convolution.default,
-                   torch.ops.aten.convolution_backward.default)
+                   torch.ops.aten.convolution_backward.default,
+                   # linear_impl "onednn" (models/linear.py), where this PyTorch has it
+                   *((torch.ops.mkldnn._linear_pointwise.default,) if onednn_available() else ()))
 
 
 @dataclass(frozen=True)
@@ -413,11 +434,13 @@ def run(
     per_image = functools.cache(functools.partial(flops_per_image, reference))  # (mode, batch size) -> FLOPs
     flops = {mode: per_image(mode, 1) for mode in modes}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peak = {precision: matmul_peak_gflops(dtypes[precision], target, peak_sizes) for precision in precisions}
+    peaks = {precision: matmul_peaks(dtypes[precision], target, peak_sizes) for precision in precisions}
+    peak = {precision: max(by_kernel.values()) for precision, by_kernel in peaks.items()}
     report = Report(
         model=model, config=config.to_dict(), machine=machine(target), peak_gflops=peak, flops_per_image=flops,
         settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats,
-                      "attention_impl": attention_impl, "device": str(target), "threads": torch.get_num_threads()},
+                      "attention_impl": attention_impl, "device": str(target), "threads": torch.get_num_threads(),
+                      "peak_kernels": peaks},
     )
     generator = torch.Generator().manual_seed(1)
     for mode in modes:
@@ -506,12 +529,25 @@ def round_ratio(a: Result, b: Result) -> float:
     return statistics.median(x / y for x, y in zip(a.images_per_second, b.images_per_second))
 
 
+def peak_label(report: Report, precision: str) -> str:
+    """Which kernels a precision's peak is the best of, with each one's GFLOP/s where there are several
+    (reports before item 18 measured torch.mm alone)."""
+    kernels = report.settings.get("peak_kernels", {}).get(precision, ["torch.mm"])
+    if not isinstance(kernels, dict):  # the names alone (the first reports with item 18)
+        kernels = dict.fromkeys(kernels)
+    if len(kernels) == 1:
+        return next(iter(kernels))
+    return "the best of " + ", ".join(name if gflops is None else f"{name} {gflops:.0f}"
+                                      for name, gflops in kernels.items())
+
+
 def format_report(report: Report) -> str:
     config = report.config
     lines = [
         (f"{report.model}: {config['img_size'][0]}x{config['img_size'][1]}, window {config['window_size'][0]}; "
         f"torch {report.machine['torch']}, {report.machine['device']}, {report.machine['threads']} threads"),
-        "matmul peak (torch.mm): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in report.peak_gflops.items()),
+        "matmul peak: " + ", ".join(f"{p} {g:.0f} GFLOP/s ({peak_label(report, p)})"
+                                    for p, g in report.peak_gflops.items()),
         "FLOPs per image at batch 1: " + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in report.flops_per_image.items())
         + " (larger batches share the position-bias MLPs: a little less per image)",
         (f"{report.settings['warmup']} warm-up + {report.settings['repeats']} timed rounds, interleaved; "
@@ -560,12 +596,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "hardware, else fp32: emulated bf16 would take hours and measure nothing useful)")
     parser.add_argument("--attention-impl", default="auto", choices=("auto", "sdpa", "plain"),
                         help="attention of the swinv2 and swinv2-compiled peers (default auto)")
+    parser.add_argument("--linear-impl", choices=LINEAR_IMPLEMENTATIONS,
+                        help="linear layers' kernel of this project's peers (default the config's, auto: "
+                             "oneDNN on AMD AVX-512 CPUs, F.linear elsewhere; models/linear.py)")
     parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed rounds first (default 2)")
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed rounds (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default torch's)")
     parser.add_argument("--peak-sizes", type=int, nargs="+", default=[1024, 2048], metavar="N",
-                        help="square torch.mm sizes of the matmul peak (default 1024 2048)")
+                        help="square matrix sizes of the matmul peak (default 1024 2048)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     parser.add_argument("--show", metavar="PATH", help="measure nothing: print the report that --json wrote to "
                                                        "PATH, with its targets and ceilings")
@@ -597,7 +636,8 @@ def run_from_args(args: argparse.Namespace, progress: Callable[[str], None] | No
         report = load_report(args.show)
         print(report.format())
         return report
-    overrides = {name: getattr(args, name) for name in ("img_size", "window_size") if getattr(args, name)}
+    overrides = {name: getattr(args, name) for name in ("img_size", "window_size", "linear_impl")
+                 if getattr(args, name)}
     precisions = args.precisions or default_precisions(args.device)
     if precisions == ["fp32"] and not args.precisions:
         print("fp32 only: this device has no bf16 instructions (ask for bf16 with --precisions fp32 bf16)",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
 
+from .linear import Linear, linear
 from .position_bias import relative_coordinates_table, relative_position_index, resize_bias_table
 
 # A Python float, not a tensor: a CPU tensor bound breaks on CUDA and under graph capture.
@@ -158,9 +159,9 @@ class WindowAttention(nn.Module):
             # The continuous position bias: offsets (dh, dw) -> one bias per head.
             self.relative_position_bias_table = None
             self.cpb_mlp = nn.Sequential(
-                nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False)
+                Linear(2, 512, bias=True), nn.ReLU(inplace=True), Linear(512, num_heads, bias=False)
             )
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.qkv = Linear(dim, dim * 3, bias=False)
         if qkv_bias:
             # Keys get no bias: it would add the same amount to every logit of a query.
             self.q_bias = nn.Parameter(torch.zeros(dim))
@@ -168,7 +169,7 @@ class WindowAttention(nn.Module):
         else:
             self.q_bias = self.v_bias = None
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         # (tensors it was computed from, their (version, address, dtype, device), the additive mask); see logit_bias
         self.bias_cache: tuple | None = None
@@ -293,7 +294,7 @@ class WindowAttention(nn.Module):
         qkv_bias = None
         if self.q_bias is not None:
             qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        qkv = linear(x, self.qkv.weight, qkv_bias, self.qkv.impl)
         # Split on the (windows, N, 3, heads, head_dim) view itself: the backward then stacks the three
         # gradients straight into the (windows * N, 3C) layout of the linear's output, where unbinding a
         # permuted view would stack them heads-first and copy once more (37.7 MB per stage-0 block of

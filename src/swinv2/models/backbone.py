@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import InputError
 from .blocks import PatchEmbed, PatchMerging, SwinTransformerV2Block
 from .config import SwinV2Config, to_pair
+from .linear import Linear
 
 
 class FeatureInfo(list):
@@ -121,12 +122,13 @@ class SwinTransformerV2(nn.Module):
             self.norm = self.head = None
         else:
             self.norm = nn.LayerNorm(self.num_features)
-            self.head = nn.Linear(self.num_features, config.num_classes) if config.num_classes > 0 else nn.Identity()
+            self.head = Linear(self.num_features, config.num_classes) if config.num_classes > 0 else nn.Identity()
         self.feature_info = FeatureInfo(
             dict(num_chs=config.stage_dim(stage), reduction=config.patch_size * 2**stage, module=f"layers.{stage}")
             for stage in config.out_indices
         )
         self.init_weights()
+        self.set_linear_impl(config.linear_impl)
 
     # ----------------------------------------------------------------------------------- init
     def init_weights(self) -> None:
@@ -245,6 +247,13 @@ class SwinTransformerV2(nn.Module):
         if self.config.features_only:
             return self.forward_features(x)
         return self.forward_head(self.forward_features(x))
+
+    def set_linear_impl(self, impl: str) -> None:
+        """The kernel of every linear layer (models/linear.py); same result, no weights change."""
+        self.config = self.config.replace(linear_impl=impl)  # validates
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.impl = impl
 
     # ------------------------------------------------------------------------- change of size
     def set_input_size(

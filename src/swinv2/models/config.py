@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from .linear import LINEAR_IMPLEMENTATIONS, onednn_available
 
 
 def to_pair(value: Any, name: str) -> tuple[int, int]:
@@ -68,6 +69,10 @@ class SwinV2Config:
     # F.scaled_dot_product_attention; "auto" the faster of the two for the device and whether
     # gradients are needed (docs/performance.md).
     attention_impl: str = "auto"
+    # The linear layers' kernel (same result): "aten" F.linear; "onednn" oneDNN's matmul for fp32 on the
+    # CPU; "auto" oneDNN on AMD's AVX-512 CPUs, where PyTorch's default (MKL) runs no AVX-512 code and
+    # oneDNN measured 1.25-1.45x faster, "aten" elsewhere (models/linear.py, docs/performance.md).
+    linear_impl: str = "auto"
     # The paper's ablations (docs/experiments.md). Swin v1's block is norm="pre", attention="dot",
     # position_bias="table"; SwinV2 is res_post / cosine / cpb_log, the only layout its weights fit.
     norm: str = "res_post"  # "res_post" (v2) or "pre" (v1)
@@ -128,6 +133,11 @@ class SwinV2Config:
                 raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
         if self.attention_impl not in ("auto", "sdpa", "plain"):
             raise ConfigError(f"attention_impl must be 'auto', 'sdpa' or 'plain', got {self.attention_impl!r}")
+        if self.linear_impl not in LINEAR_IMPLEMENTATIONS:
+            raise ConfigError(f"linear_impl must be 'auto', 'aten' or 'onednn', got {self.linear_impl!r}")
+        if self.linear_impl == "onednn" and not onednn_available():
+            raise ConfigError("linear_impl='onednn' needs a PyTorch built with oneDNN "
+                              "(torch.backends.mkldnn.is_available() is False here): use 'auto' or 'aten'")
         if self.attention_chunk_size < 0:
             raise ConfigError("attention_chunk_size must be 0 (all windows at once) or a positive window count")
         if self.inference_chunk_tokens < 0:

@@ -1,0 +1,126 @@
+"""The linear layers' matrix product, y = x W^T + b, through PyTorch's default kernel or oneDNN's.
+
+On x86 CPUs PyTorch computes an fp32 `F.linear` with MKL's sgemm, which picks its code path by the
+processor's vendor: on AMD's AVX-512 CPUs (Zen 4) it runs no AVX-512 kernel, and oneDNN's matmul, which
+PyTorch also ships (inductor calls it for bf16), runs at 1.25-1.45x its speed on SwinV2-T's shapes, with
+the bias added inside the product instead of in a pass of its own (docs/performance.md, item 18). On the
+AVX2 Zen 3 the two measured the same. Same function either way: both accumulate in fp32 (tests compare
+them with F.linear, forward and gradients).
+
+    linear_impl "aten"    F.linear, everywhere
+                "onednn"  oneDNN for fp32 CPU tensors outside autocast and torch.compile; F.linear for the
+                          rest (CUDA, bf16 autocast, which already runs oneDNN's bf16 kernels, the meta
+                          device, compiled graphs, whose kernels inductor picks)
+                "auto"    "onednn" on AMD CPUs with AVX-512, where it measured faster; "aten" elsewhere
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.utils import flop_counter
+
+LINEAR_IMPLEMENTATIONS = ("auto", "aten", "onednn")
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's linear kernel (the x86 and aarch64 wheels do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_linear_flops(x_shape, weight_shape, *args, **kwargs) -> int:
+    """(..., in) @ (out, in)^T: 2 FLOPs per multiply-add, as FlopCounterMode counts F.linear's addmm."""
+    return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * weight_shape[0]
+
+
+# FlopCounterMode does not know oneDNN's linear and would count a CPU model's products as 0 FLOPs.
+if onednn_available() and torch.ops.mkldnn._linear_pointwise.default not in flop_counter.flop_registry:
+    flop_counter.register_flop_formula(torch.ops.mkldnn._linear_pointwise)(onednn_linear_flops)
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id ("AuthenticAMD", "GenuineIntel"), "" where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def cpu_prefers_onednn() -> bool:
+    """The "auto" rule: oneDNN where MKL leaves AVX-512 unused, AMD CPUs that have it."""
+    return (onednn_available() and cpu_vendor() == "AuthenticAMD"
+            and torch.backends.cpu.get_cpu_capability() == "AVX512")
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
+    """Whether `linear` takes oneDNN's kernel for this call."""
+    # Under torch.compile, inductor's own choice: it lowers oneDNN's linear only for frozen weights.
+    if impl == "aten" or torch.compiler.is_compiling() or (impl == "auto" and not cpu_prefers_onednn()):
+        return False
+    return x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., in) @ weight (out, in)^T + bias (out), in one oneDNN call. `weight` may be a transposed view."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], None)
+
+
+class OneDnnLinear(torch.autograd.Function):
+    """onednn_linear of (tokens, in) with its gradient: dx = g W through oneDNN as well, dW = g^T x through
+    torch.mm (a product over all tokens, which oneDNN would take only after copying both operands
+    transposed: measured slower) and db = sum of g over tokens."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None  # x (tokens, in), grad (tokens, out)
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_linear(grad, weight.t(), None)
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t().mm(x)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
+    """F.linear(x, weight, bias), through oneDNN where `impl` selects it for this call (module docstring)."""
+    if not uses_onednn(x, weight, impl):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        # On (tokens, in): the kernel returns an N-D result as a view of its 2-D one, and a custom
+        # Function's output must not be a view (an in-place op on it, ReLU's, would bypass the backward).
+        y = OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+        return y.view(*x.shape[:-1], y.shape[-1])
+    return onednn_linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, the same parameters and state dict, whose product goes through `linear`. `impl` is set for
+    the whole model by SwinTransformerV2 from its config's linear_impl."""
+
+    impl: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.impl)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, impl={self.impl!r}"

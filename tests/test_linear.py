@@ -1,0 +1,145 @@
+"""Item 18: the linear layers through oneDNN (models/linear.py) compute F.linear, forward and gradients, and
+the model with them computes what the model with F.linear does; where they fall back; the "auto" rule."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize_
+
+from swinv2 import SwinTransformerV2
+from swinv2.errors import ConfigError
+from swinv2.models import linear as linear_module
+from swinv2.models.linear import Linear, linear, onednn_available, uses_onednn
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN (not x86 or aarch64)")
+
+TINY = {"img_size": 32, "window_size": 4, "embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "num_classes": 5,
+        "drop_path_rate": 0.0}
+
+
+def gradients(function, *tensors):
+    """The output, and the gradients of a loss that weighs each output element differently (its weights
+    drawn from a fixed seed: the same for both functions compared)."""
+    output = function(*tensors)
+    weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(10))
+    grads = torch.autograd.grad((output * weights).sum(), [t for t in tensors if t is not None and t.requires_grad])
+    return output, grads
+
+
+@pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24), (2, 3, 4, 24)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_linear_is_f_linear_forward_and_gradients(shape, with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    weight = torch.randn(40, 24, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True) if with_bias else None
+    expected, expected_grads = gradients(lambda *t: F.linear(*t), x, weight, bias)
+    got, got_grads = gradients(lambda *t: linear(*t, impl="onednn"), x, weight, bias)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(got_grads) == (3 if with_bias else 2)
+    for a, b in zip(got_grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_onednn_linear_takes_strided_inputs_and_partial_gradients():
+    """A transposed input (the attention's output reaches proj strided) and a frozen weight: only the input's
+    gradient is asked for and computed; and a frozen input: only the weight's and bias's."""
+    torch.manual_seed(1)
+    x = torch.randn(24, 9).t().requires_grad_()  # (9, 24), not contiguous
+    weight, bias = torch.randn(16, 24), torch.randn(16)
+    expected, (expected_grad,) = gradients(lambda a: F.linear(a, weight, bias), x)
+    got, (got_grad,) = gradients(lambda a: linear(a, weight, bias, impl="onednn"), x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+    frozen_input = torch.randn(9, 24)
+    weight.requires_grad_(), bias.requires_grad_()
+    _, expected_grads = gradients(lambda w, b: F.linear(frozen_input, w, b), weight, bias)
+    _, got_grads = gradients(lambda w, b: linear(frozen_input, w, b, impl="onednn"), weight, bias)
+    for a, b in zip(got_grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_output_can_be_modified_in_place_under_autograd():
+    """The position-bias MLP's ReLU is in place on a Linear's output: allowed, and the gradient still right."""
+    torch.manual_seed(3)
+    x = torch.randn(6, 8, requires_grad=True)
+    layer = Linear(8, 8)
+    layer.impl = "onednn"
+    relu = torch.nn.ReLU(inplace=True)
+    got = torch.autograd.grad(relu(layer(x)).sum(), x)[0]
+    expected = torch.autograd.grad(F.relu(F.linear(x, layer.weight, layer.bias)).sum(), x)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_onednn_is_used_for_fp32_cpu_eager_only():
+    weight = torch.randn(4, 4)
+    assert uses_onednn(torch.randn(2, 4), weight, "onednn")
+    assert not uses_onednn(torch.randn(2, 4), weight, "aten")
+    assert not uses_onednn(torch.randn(2, 4, dtype=torch.float64), weight.double(), "onednn")
+    assert not uses_onednn(torch.randn(2, 4, device="meta"), weight.to("meta"), "onednn")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_onednn(torch.randn(2, 4), weight, "onednn")
+        # and the result is autocast's: a bf16 product
+        assert linear(torch.randn(2, 4), weight, None, "onednn").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("vendor", "capability", "expected"), [
+    ("AuthenticAMD", "AVX512", True),  # Zen 4: MKL runs no AVX-512 kernel there (docs/performance.md)
+    ("AuthenticAMD", "AVX2", False),  # Zen 3: the two measured the same
+    ("GenuineIntel", "AVX512", False),
+    ("", "AVX512", False),
+])
+def test_auto_picks_onednn_on_amd_avx512_only(monkeypatch, vendor, capability, expected):
+    linear_module.cpu_prefers_onednn.cache_clear()
+    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    try:
+        assert linear_module.cpu_prefers_onednn() is expected
+        assert uses_onednn(torch.randn(2, 4), torch.randn(4, 4), "auto") is expected
+    finally:
+        linear_module.cpu_prefers_onednn.cache_clear()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_model_with_onednn_linears_matches_the_model_with_f_linear(training):
+    """Every Linear of the model (qkv, proj, MLP, merging, head, CPB MLP) through oneDNN: the same logits and
+    parameter gradients as through F.linear, in inference (chunked, no autograd) and in training."""
+    torch.manual_seed(4)
+    reference = randomize_(SwinTransformerV2(**TINY, linear_impl="aten"))
+    model = SwinTransformerV2(**TINY, linear_impl="onednn")
+    model.load_state_dict(reference.state_dict())
+    assert {m.impl for m in model.modules() if isinstance(m, Linear)} == {"onednn"}
+    images = torch.randn(3, 3, 32, 32)
+    if not training:
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(images), reference.eval()(images), rtol=1e-5, atol=1e-5)
+        return
+    outputs = []
+    for net in (reference.train(), model.train()):
+        logits = net(images)
+        F.cross_entropy(logits, torch.tensor([0, 2, 4])).backward()
+        outputs.append(logits)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(reference.named_parameters(), model.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_set_linear_impl_switches_every_layer_and_checks_the_name():
+    model = SwinTransformerV2(**TINY)
+    model.set_linear_impl("aten")
+    assert model.config.linear_impl == "aten"
+    assert {m.impl for m in model.modules() if isinstance(m, Linear)} == {"aten"}
+    with pytest.raises(ConfigError, match="linear_impl must be 'auto', 'aten' or 'onednn'"):
+        model.set_linear_impl("mkl")
+
+
+def test_onednn_without_onednn_is_a_config_error(monkeypatch):
+    from swinv2.models import config as config_module
+    monkeypatch.setattr(config_module, "onednn_available", lambda: False)
+    with pytest.raises(ConfigError, match="use 'auto' or 'aten'"):
+        SwinTransformerV2(**TINY, linear_impl="onednn")
