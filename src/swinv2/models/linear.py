@@ -2,8 +2,9 @@
 
 On x86 CPUs PyTorch computes an fp32 `F.linear` with MKL's sgemm, which picks its code path by the
 processor's vendor: on AMD's AVX-512 CPUs (Zen 4) it runs no AVX-512 kernel, and oneDNN's matmul, which
-PyTorch also ships (inductor calls it for bf16), runs at 1.25-1.45x its speed on SwinV2-T's shapes, with
-the bias added inside the product instead of in a pass of its own (docs/performance.md, item 18). On the
+PyTorch also ships (inductor calls it for bf16), ran SwinV2-T's forward products at 1.11-1.33x its speed
+(three runs, the gap widest when the machine was slow), with the bias added inside the product instead of
+in a pass of its own (docs/performance.md, item 18). On the
 AVX2 Zen 3 the two measured the same. Same function either way: both accumulate in fp32 (tests compare
 them with F.linear, forward and gradients).
 
