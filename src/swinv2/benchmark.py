@@ -148,11 +148,12 @@ def peak_kernels(dtype: torch.dtype, device: torch.device) -> dict[str, Callable
 def matmul_peaks(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
                  repeats: int = 5) -> dict[str, float]:
     """Each of `peak_kernels`' best median GFLOP/s over square sizes, in this process's threads."""
-    best = dict.fromkeys(peak_kernels(dtype, device), 0.0)
+    kernels = peak_kernels(dtype, device)
+    best = dict.fromkeys(kernels, 0.0)
     for size in sizes:
         a = torch.randn(size, size, device=device).to(dtype)
         b = torch.randn(size, size, device=device).to(dtype)
-        for name, kernel in peak_kernels(dtype, device).items():
+        for name, kernel in kernels.items():
             seconds = []
             for index in range(repeats + 1):
                 synchronize(device)

@@ -70,7 +70,7 @@ class SwinV2Config:
     # gradients are needed (docs/performance.md).
     attention_impl: str = "auto"
     # The linear layers' kernel (same result): "aten" F.linear; "onednn" oneDNN's matmul for fp32 on the
-    # CPU; "auto" oneDNN on AMD's AVX-512 CPUs, where PyTorch's default (MKL) runs no AVX-512 code and
+    # CPU; "auto" oneDNN on AMD's AVX-512 CPUs, where PyTorch's default (MKL) ran at its AVX2 speed and
     # oneDNN measured 1.11-1.33x faster, "aten" elsewhere (models/linear.py, docs/performance.md).
     linear_impl: str = "auto"
     # The paper's ablations (docs/experiments.md). Swin v1's block is norm="pre", attention="dot",

@@ -1,12 +1,12 @@
 """The linear layers' matrix product, y = x W^T + b, through PyTorch's default kernel or oneDNN's.
 
-On x86 CPUs PyTorch computes an fp32 `F.linear` with MKL's sgemm, which picks its code path by the
-processor's vendor: on AMD's AVX-512 CPUs (Zen 4) it runs no AVX-512 kernel, and oneDNN's matmul, which
-PyTorch also ships (inductor calls it for bf16), ran SwinV2-T's forward products at 1.11-1.33x its speed
-(three runs, the gap widest when the machine was slow), with the bias added inside the product instead of
-in a pass of its own (docs/performance.md, item 18). On the
-AVX2 Zen 3 the two measured the same. Same function either way: both accumulate in fp32 (tests compare
-them with F.linear, forward and gradients).
+On x86 CPUs PyTorch computes an fp32 `F.linear` with MKL's sgemm. On an AMD AVX-512 CPU (Zen 4) MKL ran
+at its AVX2 speed whatever MKL_ENABLE_INSTRUCTIONS allowed, while oneDNN's matmul, which PyTorch also
+ships (inductor calls it for bf16), runs its AVX-512 kernel there: it ran SwinV2-T's forward products at
+1.11-1.33x MKL's speed (three runs, the gap widest when the machine was slow), with the bias added inside
+the product instead of in a pass of its own (docs/performance.md, item 18). On the AVX2 Zen 3 the two
+measured the same. Same function either way: both accumulate in fp32 (tests compare them with F.linear,
+forward and gradients).
 
     linear_impl "aten"    F.linear, everywhere
                 "onednn"  oneDNN for fp32 CPU tensors outside autocast and torch.compile; F.linear for the
@@ -58,7 +58,7 @@ def cpu_vendor() -> str:
 
 @functools.cache
 def cpu_prefers_onednn() -> bool:
-    """The "auto" rule: oneDNN where MKL leaves AVX-512 unused, AMD CPUs that have it."""
+    """The "auto" rule: oneDNN on AMD CPUs with AVX-512, where MKL ran at its AVX2 speed."""
     return (onednn_available() and cpu_vendor() == "AuthenticAMD"
             and torch.backends.cpu.get_cpu_capability() == "AVX512")
 
