@@ -3,6 +3,7 @@ fields and the command. Nothing here asserts a speed: timings on a shared machin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import randomize_
 from torch.utils.flop_counter import FlopCounterMode
 
 from swinv2 import SwinTransformerV2, SwinV2Config
-from swinv2.benchmark import build_peers, find, flops_per_image, make_step, run
+from swinv2.benchmark import Report, build_peers, find, flops_per_image, make_step, run
 from swinv2.cli import main
 from swinv2.models.linear import onednn_available
 
@@ -213,3 +214,33 @@ def test_report_prints_the_ceiling_over_hf():
     assert any("swinv2 / hf" in check["target"] for check in values["targets"])
     assert "ceilings" in report.format()
 
+
+
+def test_the_peak_is_remeasured_in_every_round():
+    """The peak's own step runs in each timed round beside the implementations, and each case's fraction of
+    the peak is the median over rounds of that round's achieved GFLOP/s over that round's peak (a hand
+    computation from the rounds' images/s, FLOPs and peaks), not the median over a peak read once."""
+    report = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2", "hf"], batch_sizes=[2],
+                 modes=["inference"], precisions=["fp32"], warmup=1, repeats=3, peak_sizes=[128, 256])
+    for result in report.results:
+        assert len(result.peak_per_round) == 3 and min(result.peak_per_round) > 0
+        rounds = [rate * result.flops_per_image / 1e9 / peak
+                  for rate, peak in zip(result.images_per_second, result.peak_per_round)]
+        assert result.fraction_of_peak == pytest.approx(sorted(rounds)[1])
+        assert result.peak_gflops == pytest.approx(sorted(result.peak_per_round)[1])
+    # Both implementations' rows divide by the same rounds' peaks.
+    assert report.results[0].peak_per_round == report.results[1].peak_per_round
+    assert "that round's peak" in report.format()
+
+
+def test_reports_from_before_the_per_round_peak_still_read(capsys):
+    """A report saved when the peak was measured once (docs/measurements holds them) divides by that peak."""
+    path = Path(__file__).parents[1] / "docs" / "measurements" / "peers-floor-zen3-2026-12-02-second.json"
+    values = json.loads(path.read_text())
+    report = Report.from_dict(values)
+    for saved, result in zip(values["results"], report.results):
+        assert result.peak_per_round is None
+        assert result.fraction_of_peak == pytest.approx(saved["fraction_of_peak"])
+        assert result.fraction_of_peak == pytest.approx(result.gflops / values["peak_gflops"]["fp32"])
+    assert main(["benchmark", "--show", str(path)]) == 0
+    assert "that round's peak" not in capsys.readouterr().out

@@ -4,7 +4,9 @@ For each case (inference or a training step; fp32 or bf16 autocast; a batch size
 runs in the same process, interleaved A B A B ... after a warm-up, so that a machine whose load drifts
 slows them alike; the table gives each one's median images/s with the min-max, the median ratio to the
 first peer, and the achieved GFLOP/s against the machine's matmul peak (torch.mm, and oneDNN's linear
-for fp32 on the CPU, the faster of the two; same threads and dtype). FLOPs per image come from
+for fp32 on the CPU, the faster of the two; same threads and dtype), which is chosen at the start and
+re-measured in every round as one more step, so that each round's achieved GFLOP/s is divided by that
+round's peak (PeakProbe). FLOPs per image come from
 `torch.utils.flop_counter.FlopCounterMode` on the meta device, the counting `swinv2 info` uses (matrix
 products and convolutions, 2 per multiply-add), for the forward pass and, for training, forward plus
 backward.
@@ -55,6 +57,7 @@ RATIO_TARGETS = {"inference": 1.5, "train": 1.3}  # the issue's: ours over hf, f
 MODES = ("inference", "train")
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_MODEL = "swinv2_tiny_window8_256"
+PEAK_STEP = "matmul peak"  # the peak's step among the implementations' in each round (PeakProbe)
 
 
 @dataclass
@@ -67,11 +70,16 @@ class Result:
     implementation: str
     images_per_second: list[float]
     flops_per_image: float  # of this batch size: the batch's FLOPs over its images
-    peak_gflops: float
+    peak_gflops: float  # the case's: the median of peak_per_round, or the run's one peak where there is none
+    # The matmul peak re-measured in each of the case's rounds, beside the implementations (GFLOP/s); None
+    # in reports written before it was (their peak was measured once, at the start of the run)
+    peak_per_round: list[float] | None = None
     median: float = 0.0
     minimum: float = 0.0
     maximum: float = 0.0
     gflops: float = 0.0  # achieved, at the median
+    # Achieved over the peak: the median over rounds of each round's GFLOP/s over that round's peak, so that
+    # a machine whose speed drifts during the run moves both alike
     fraction_of_peak: float = 0.0
     # The first implementation's images/s over this one's, the median over rounds (None on the first's row)
     ratio_to_reference: float | None = None
@@ -80,7 +88,13 @@ class Result:
         self.median = statistics.median(self.images_per_second)
         self.minimum, self.maximum = min(self.images_per_second), max(self.images_per_second)
         self.gflops = self.median * self.flops_per_image / 1e9
-        self.fraction_of_peak = self.gflops / self.peak_gflops if self.peak_gflops else 0.0
+        if self.peak_per_round:
+            self.peak_gflops = statistics.median(self.peak_per_round)
+            self.fraction_of_peak = statistics.median(
+                rate * self.flops_per_image / 1e9 / peak for rate, peak in zip(self.images_per_second,
+                                                                                self.peak_per_round))
+        else:
+            self.fraction_of_peak = self.gflops / self.peak_gflops if self.peak_gflops else 0.0
 
 
 @dataclass
@@ -146,10 +160,11 @@ def peak_kernels(dtype: torch.dtype, device: torch.device) -> dict[str, Callable
 
 
 def matmul_peaks(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
-                 repeats: int = 5) -> dict[str, float]:
-    """Each of `peak_kernels`' best median GFLOP/s over square sizes, in this process's threads."""
+                 repeats: int = 5) -> dict[str, tuple[float, int]]:
+    """Each of `peak_kernels`' best median GFLOP/s over square sizes, in this process's threads, and the
+    size it was reached at."""
     kernels = peak_kernels(dtype, device)
-    best = dict.fromkeys(kernels, 0.0)
+    best = dict.fromkeys(kernels, (0.0, sizes[0]))
     for size in sizes:
         a = torch.randn(size, size, device=device).to(dtype)
         b = torch.randn(size, size, device=device).to(dtype)
@@ -162,14 +177,35 @@ def matmul_peaks(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] 
                 synchronize(device)
                 if index:  # the first call warms up
                     seconds.append(time.perf_counter() - start)
-            best[name] = max(best[name], 2 * size**3 / statistics.median(seconds) / 1e9)
+            best[name] = max(best[name], (2 * size**3 / statistics.median(seconds) / 1e9, size))
     return best
+
+
+class PeakProbe:
+    """The matmul peak as one more step of the interleaved rounds (time_interleaved): the fastest kernel at
+    the size it was fastest at, called enough times to take about `seconds`. Measured once at the start,
+    the peak would be the machine's speed of that moment; machines drift by a third within a run
+    (docs/performance.md), and a fraction of a peak read in another moment moves with the drift."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, sizes: Sequence[int], seconds: float = 0.25) -> None:
+        self.by_kernel = matmul_peaks(dtype, device, sizes)
+        name = max(self.by_kernel, key=lambda kernel: self.by_kernel[kernel][0])
+        self.gflops, size = self.by_kernel[name]
+        self.kernel = peak_kernels(dtype, device)[name]
+        self.a = torch.randn(size, size, device=device).to(dtype)
+        self.b = torch.randn(size, size, device=device).to(dtype)
+        self.calls = max(1, round(seconds * self.gflops * 1e9 / (2 * size**3)))
+        self.flops = self.calls * 2 * size**3
+
+    def __call__(self) -> None:
+        for _ in range(self.calls):
+            self.kernel(self.a, self.b)
 
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
                        repeats: int = 5) -> float:
     """The matmul peak: the fastest of `peak_kernels`."""
-    return max(matmul_peaks(dtype, device, sizes, repeats).values())
+    return max(gflops for gflops, _ in matmul_peaks(dtype, device, sizes, repeats).values())
 
 
 def synchronize(device: torch.device) -> None:
@@ -435,13 +471,14 @@ def run(
     per_image = functools.cache(functools.partial(flops_per_image, reference))  # (mode, batch size) -> FLOPs
     flops = {mode: per_image(mode, 1) for mode in modes}
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = {precision: matmul_peaks(dtypes[precision], target, peak_sizes) for precision in precisions}
-    peak = {precision: max(by_kernel.values()) for precision, by_kernel in peaks.items()}
+    probes = {precision: PeakProbe(dtypes[precision], target, peak_sizes) for precision in precisions}
     report = Report(
-        model=model, config=config.to_dict(), machine=machine(target), peak_gflops=peak, flops_per_image=flops,
+        model=model, config=config.to_dict(), machine=machine(target), flops_per_image=flops,
+        peak_gflops={precision: probe.gflops for precision, probe in probes.items()},
         settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats,
                       "attention_impl": attention_impl, "device": str(target), "threads": torch.get_num_threads(),
-                      "peak_kernels": peaks},
+                      "peak_kernels": {precision: {name: gflops for name, (gflops, _) in probe.by_kernel.items()}
+                                       for precision, probe in probes.items()}},
     )
     generator = torch.Generator().manual_seed(1)
     for mode in modes:
@@ -453,9 +490,11 @@ def run(
                 labels = torch.randint(0, max(config.num_classes, 1), (batch,), generator=generator).to(target)
                 steps = {name: make_step(peer, mode, precision, images, labels) for name, peer in peers.items()
                          if mode == "inference" or name not in INFERENCE_ONLY}
-                seconds = time_interleaved(steps, warmup, repeats, target)
+                probe = probes[precision]
+                seconds = time_interleaved({**steps, PEAK_STEP: probe}, warmup, repeats, target)
+                peaks = [probe.flops / s / 1e9 for s in seconds.pop(PEAK_STEP)]
                 results = [Result(mode, precision, batch, name, [batch / s for s in values], per_image(mode, batch),
-                                  peak[precision]) for name, values in seconds.items()]
+                                  probe.gflops, peaks) for name, values in seconds.items()]
                 for result in results[1:]:
                     # Per round, so that load shared by the two runs of a round cancels.
                     result.ratio_to_reference = round_ratio(results[0], result)
@@ -547,20 +586,26 @@ def format_report(report: Report) -> str:
     lines = [
         (f"{report.model}: {config['img_size'][0]}x{config['img_size'][1]}, window {config['window_size'][0]}; "
         f"torch {report.machine['torch']}, {report.machine['device']}, {report.machine['threads']} threads"),
-        "matmul peak: " + ", ".join(f"{p} {g:.0f} GFLOP/s ({peak_label(report, p)})"
-                                    for p, g in report.peak_gflops.items()),
+        "matmul peak at the start: " + ", ".join(f"{p} {g:.0f} GFLOP/s ({peak_label(report, p)})"
+                                                 for p, g in report.peak_gflops.items()),
         "FLOPs per image at batch 1: " + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in report.flops_per_image.items())
         + " (larger batches share the position-bias MLPs: a little less per image)",
         (f"{report.settings['warmup']} warm-up + {report.settings['repeats']} timed rounds, interleaved; "
         f"first/this = median over rounds of {report.settings['implementations'][0]}'s images/s over this one's"),
-        "",
     ]
-    header = ("mode", "precision", "batch", "implementation", "img/s", "min-max", "first/this", "GFLOP/s", "of peak")
+    per_round = any(r.peak_per_round for r in report.results)
+    if per_round:
+        lines.append("the peak re-measured in every round with the implementations (peak: the case's median); "
+                     "of peak = median over rounds of achieved / that round's peak")
+    lines.append("")
+    header = ("mode", "precision", "batch", "implementation", "img/s", "min-max", "first/this", "GFLOP/s",
+              *(("peak",) if per_round else ()), "of peak")
     rows = [header]
     for r in report.results:
         rows.append((r.mode, r.precision, str(r.batch_size), r.implementation, f"{r.median:.2f}",
                      f"{r.minimum:.2f}-{r.maximum:.2f}", "-" if r.ratio_to_reference is None
-                     else f"{r.ratio_to_reference:.2f}", f"{r.gflops:.0f}", f"{100 * r.fraction_of_peak:.0f}%"))
+                     else f"{r.ratio_to_reference:.2f}", f"{r.gflops:.0f}",
+                     *((f"{r.peak_gflops:.0f}",) if per_round else ()), f"{100 * r.fraction_of_peak:.0f}%"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in
