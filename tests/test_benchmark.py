@@ -215,7 +215,6 @@ def test_report_prints_the_ceiling_over_hf():
     assert "ceilings" in report.format()
 
 
-
 def test_the_peak_is_remeasured_in_every_round():
     """The peak's own step runs in each timed round beside the implementations, and each case's fraction of
     the peak is the median over rounds of that round's achieved GFLOP/s over that round's peak (a hand
