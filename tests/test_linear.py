@@ -143,3 +143,17 @@ def test_onednn_without_onednn_is_a_config_error(monkeypatch):
     monkeypatch.setattr(config_module, "onednn_available", lambda: False)
     with pytest.raises(ConfigError, match="use 'auto' or 'aten'"):
         SwinTransformerV2(**TINY, linear_impl="onednn")
+
+
+def test_a_second_copy_of_the_module_imports_and_flops_are_counted_once():
+    """`benchmarks/against_revision.py` imports another revision's copy of the package beside this one: the
+    module's FLOP formula for oneDNN's linear must not be registered twice (a RuntimeError). FlopCounterMode
+    then counts the product by hand's count, 2 * tokens * in * out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("linear_second_copy", linear_module.__file__)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    x, weight = torch.randn(6, 5, 24), torch.randn(12, 24)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        linear(x, weight, None, "onednn")
+    assert counter.get_total_flops() == 2 * 30 * 24 * 12

@@ -39,7 +39,7 @@ def onednn_linear_flops(x_shape, weight_shape, *args, **kwargs) -> int:
 
 
 # FlopCounterMode does not know oneDNN's linear and would count a CPU model's products as 0 FLOPs.
-if onednn_available() and torch.ops.mkldnn._linear_pointwise.default not in flop_counter.flop_registry:
+if onednn_available() and torch.ops.mkldnn._linear_pointwise not in flop_counter.flop_registry:
     flop_counter.register_flop_formula(torch.ops.mkldnn._linear_pointwise)(onednn_linear_flops)
 
 
