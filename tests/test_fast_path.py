@@ -302,7 +302,7 @@ def test_sdpa_of_one_image_matches_plain_without_a_fold():
 def test_scaled_unit_vectors_gradients_against_finite_differences():
     """The closed-form backward of q and k's normalisation: gradcheck compares it (and, differentiating the
     backward, its own gradient) with finite differences in float64; a zero and a tiny vector, which the norm
-    clamps, against autograd through torch's F.normalize."""
+    clamps, against autograd through torch's F.normalize, to the second derivative."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=generator).requires_grad_(True)
     scale = (torch.rand(3, 1, 1, dtype=torch.float64, generator=generator) + 0.5).requires_grad_(True)
@@ -313,11 +313,18 @@ def test_scaled_unit_vectors_gradients_against_finite_differences():
     clamped[0, 0, 0], clamped[1, 2, 3] = 0.0, clamped[1, 2, 3] * 1e-14
     grad = torch.randn(clamped.shape, dtype=torch.float64, generator=generator)
     results = []
+    direction = torch.randn(clamped.shape, dtype=torch.float64, generator=generator)
     for function in (ScaledUnitVectors.apply,
                      lambda v, s: torch.nn.functional.normalize(v, dim=-1, eps=1e-12) * s):
         inputs = (clamped.clone().requires_grad_(True), scale.detach().clone().requires_grad_(True))
         output = function(*inputs)
-        results.append((output, *torch.autograd.grad(output, inputs, grad)))
+        first = torch.autograd.grad(output, inputs, grad, create_graph=True)
+        # The backward's own gradient (create_graph), which must stay finite at the zero vector too.
+        second = torch.autograd.grad((first[0] * direction).sum(), inputs)
+        results.append((output, *first, *second))
+    # Below eps the function is x * scale / eps, linear in x: its second derivative in x is 0 there, which
+    # is the expected value at the zero vector, where F.normalize's own is nan (the root's slope at 0).
+    results[1][3][0, 0, 0] = 0.0
     for actual, expected in zip(*results):
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-15)
 
