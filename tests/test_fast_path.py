@@ -15,6 +15,8 @@ from swinv2 import SwinTransformerV2, SwinV2Config
 from swinv2.models import blocks as blocks_module
 from swinv2.models.attention import ScaledUnitVectors, WindowAttention
 from swinv2.models.linear import onednn_available
+from swinv2.train.config import OptimSection
+from swinv2.train.optim import build_optimizer
 
 CASES = {
     # TINY: shifted stages 0 and 1, an unshifted stage 2 (map = window), a clamped stage 3 (2x2 map, window 2).
@@ -159,9 +161,16 @@ def test_cache_follows_load_state_dict(tiny_config):
         assert_close_to_scale(after, fresh_plain(model)(x), 1e-5, "after load_state_dict")
 
 
-def test_cache_follows_an_optimizer_step_and_in_place_edits(tiny_config):
+@pytest.mark.parametrize("kind", ["for-loop", "foreach", "fused", "the trainer's"])
+def test_cache_follows_an_optimizer_step_and_in_place_edits(tiny_config, kind):
+    """After an optimiser step of each of AdamW's implementations, the trainer's own (fused) among them,
+    and after an in-place edit, the cached model computes what a model built from its weights does."""
     model = randomize_(SwinTransformerV2(tiny_config.replace(attention_impl="sdpa")))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    if kind == "the trainer's":
+        optimizer = build_optimizer(model, OptimSection(weight_decay=0.0, layer_decay=None), lr=0.05)
+    else:
+        implementation = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, **implementation[kind])
     x = images("shifted-and-clamped")
     model.eval()
     with torch.no_grad():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
 
+from .cache import TensorCache
 from .linear import Linear, linear
 from .position_bias import relative_coordinates_table, relative_position_index, resize_bias_table
 
@@ -177,8 +178,7 @@ class WindowAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        # (tensors it was computed from, their (version, address, dtype, device), the additive mask); see logit_bias
-        self.bias_cache: tuple | None = None
+        self.bias_cache = TensorCache()  # the additive term of inference, see logit_bias
         self.set_window_size(window_size, pretrained_window_size)
 
     def set_window_size(self, window_size: tuple[int, int], pretrained_window_size: tuple[int, int]) -> None:
@@ -199,7 +199,7 @@ class WindowAttention(nn.Module):
         self.register_buffer(
             "relative_position_index", relative_position_index(self.window_size).to(device), persistent=False
         )
-        self.bias_cache = None  # new buffers would miss the cache anyway; this frees it now
+        self.bias_cache.clear()  # new buffers would miss the cache anyway; this frees it now
 
     def resize_bias_table(self, window: tuple[int, int]) -> None:
         """Swin v1's transfer to another window: the table resized bicubically (`resize_bias_table`)."""
@@ -232,10 +232,8 @@ class WindowAttention(nn.Module):
         """(nW or 1, heads, N, N) in `dtype`: the position bias plus the mask, the one term added to the logits.
 
         Cached when nothing needs its gradient: it depends only on the CPB MLP's weights, the coordinate
-        table, the index and the mask, so it stays valid until one of them changes. A change shows in the
-        tensor's version counter (in-place updates: load_state_dict, optimiser steps, `with no_grad: w += ..`),
-        its storage address (.to(), new .data) or its identity (set_input_size: new buffers, new
-        Parameters); the cache compares all three, and holds the tensors so that an address cannot be reused."""
+        table, the index and the mask, so it stays valid until one of them changes (`cache.TensorCache`
+        says how a change is seen: optimiser steps, loads, in-place edits, new tensors)."""
         sources = [*self.bias_parameters(), self.relative_position_index]
         if self.relative_coords_table is not None:
             sources.append(self.relative_coords_table)
@@ -248,13 +246,8 @@ class WindowAttention(nn.Module):
             return self.combine(mask, dtype)
         device_type = self.qkv.weight.device.type
         autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        key = (dtype, autocast, torch.is_inference_mode_enabled(),
-               *((tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device) for tensor in sources))
-        cache = self.bias_cache
-        if cache is None or len(cache[0]) != len(sources) or any(a is not b for a, b in zip(cache[0], sources)) \
-                or cache[1] != key:
-            cache = self.bias_cache = (sources, key, self.combine(mask, dtype))
-        return cache[2]
+        return self.bias_cache.get(sources, lambda: self.combine(mask, dtype),
+                                   extra=(dtype, autocast, torch.is_inference_mode_enabled()))
 
     def combine(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         bias = self.position_bias()  # (heads, N, N)
