@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--revision", required=True, help="a git revision of this repository, e.g. HEAD~1")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--mode", default="train", choices=MODES)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--batch-size", type=int, nargs="+", default=[8])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
@@ -80,11 +81,11 @@ def main() -> None:
         for batch in args.batch_size:
             images = torch.randn(batch, config.in_chans, *config.img_size)
             labels = torch.randint(0, config.num_classes, (batch,))
-            steps = {name: make_step(theirs, args.mode, "fp32", images, labels),
-                     "this checkout": make_step(ours, args.mode, "fp32", images, labels)}
+            steps = {name: make_step(theirs, args.mode, args.precision, images, labels),
+                     "this checkout": make_step(ours, args.mode, args.precision, images, labels)}
             seconds = time_interleaved(steps, args.warmup, args.repeats, torch.device("cpu"))
             ratios = [a / b for a, b in zip(seconds[name], seconds["this checkout"])]
-            print(f"{args.model} {args.mode} fp32 batch {batch}, {args.repeats} rounds: "
+            print(f"{args.model} {args.mode} {args.precision} batch {batch}, {args.repeats} rounds: "
                   + ", ".join(f"{key} {statistics.median(values):.3f} s" for key, values in seconds.items())
                   + f"; {name} / this checkout {statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})")
             if not args.profile:

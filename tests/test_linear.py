@@ -103,19 +103,24 @@ def test_auto_picks_onednn_on_amd_avx512_only(monkeypatch, vendor, capability, e
         linear_module.cpu_prefers_onednn.cache_clear()
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_model_with_onednn_linears_matches_the_model_with_f_linear(training):
+@pytest.mark.parametrize("mode", ["inference", "bf16 inference", "training"])
+def test_model_with_onednn_linears_matches_the_model_with_f_linear(mode):
     """Every Linear of the model (qkv, proj, MLP, merging, head, CPB MLP) through oneDNN: the same logits and
-    parameter gradients as through F.linear, in inference (chunked, no autograd) and in training."""
+    parameter gradients as through F.linear, in inference (chunked, no autograd), in bf16 inference (from the
+    kept bf16 weights; autocast's F.linear rounds the same operands) and in training."""
     torch.manual_seed(4)
     reference = randomize_(SwinTransformerV2(**TINY, linear_impl="aten"))
     model = SwinTransformerV2(**TINY, linear_impl="onednn")
     model.load_state_dict(reference.state_dict())
     assert {m.impl for m in model.modules() if isinstance(m, Linear)} == {"onednn"}
     images = torch.randn(3, 3, 32, 32)
-    if not training:
-        with torch.no_grad():
-            torch.testing.assert_close(model.eval()(images), reference.eval()(images), rtol=1e-5, atol=1e-5)
+    if mode != "training":
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16 inference"):
+            actual, expected = model.eval()(images), reference.eval()(images)
+        tolerance = 1e-5 if mode == "inference" else 2**-7  # bf16: the sums' order may differ, a rounding apart
+        torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)
+        kept = [m.bf16_cache.filled for m in model.modules() if isinstance(m, Linear)]
+        assert all(kept) if mode == "bf16 inference" else not any(kept)
         return
     outputs = []
     for net in (reference.train(), model.train()):
@@ -151,9 +156,59 @@ def test_a_second_copy_of_the_module_imports_and_flops_are_counted_once():
     then counts the product by hand's count, 2 * tokens * in * out."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("linear_second_copy", linear_module.__file__)
+    # A module of the installed package's models (its relative imports resolve there), from the same file.
+    spec = importlib.util.spec_from_file_location("swinv2.models.linear_second_copy", linear_module.__file__)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
     x, weight = torch.randn(6, 5, 24), torch.randn(12, 24)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         linear(x, weight, None, "onednn")
     assert counter.get_total_flops() == 2 * 30 * 24 * 12
+
+
+def test_bf16_inference_is_the_product_of_the_rounded_operands_from_a_weight_kept_until_it_changes():
+    """Under the CPU's bf16 autocast without autograd, Linear("onednn") computes what autocast's F.linear
+    does, x, weight and bias rounded to bf16 and multiplied with fp32 sums (by hand here, in fp32), from a
+    bf16 weight it makes once and makes again after any change of the weight: in place, a fused optimiser's
+    step, replaced, loaded.
+    With autograd, or without autocast, it keeps nothing."""
+    torch.manual_seed(5)
+    layer = Linear(24, 12)
+    layer.impl = "onednn"
+    x = torch.randn(3, 7, 24)
+
+    def by_hand():
+        rounded = (t.detach().to(torch.bfloat16).float() for t in (x, layer.weight, layer.bias))
+        x16, weight16, bias16 = rounded
+        return (x16 @ weight16.T + bias16).to(torch.bfloat16)
+
+    def bf16_call():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return layer(x)
+
+    output = bf16_call()
+    assert output.dtype == torch.bfloat16
+    torch.testing.assert_close(output.float(), by_hand().float(), rtol=2**-8, atol=1e-6)
+    kept = layer.bf16_weight()
+    bf16_call()
+    assert layer.bf16_weight() is kept  # unchanged weight: made once
+    def in_place():
+        with torch.no_grad():
+            layer.weight.mul_(-2.0)
+
+    def fused_step():  # the trainer's optimiser, which counts no versions
+        layer.weight.grad, layer.bias.grad = torch.randn(12, 24), torch.randn(12)
+        torch.optim.AdamW(layer.parameters(), lr=0.5, fused=True).step()
+
+    changes = (in_place, fused_step,
+               lambda: setattr(layer, "weight", torch.nn.Parameter(torch.randn(12, 24))),  # replaced
+               lambda: layer.load_state_dict({"weight": torch.randn(12, 24), "bias": torch.randn(12)}))
+    for change in changes:
+        change()
+        torch.testing.assert_close(bf16_call().float(), by_hand().float(), rtol=2**-8, atol=1e-6)
+    fresh = Linear(24, 12)
+    fresh.impl = "onednn"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fresh(x).requires_grad  # training: autocast's own F.linear, with its gradient
+    with torch.no_grad():
+        fresh(x)
+    assert not fresh.bf16_cache.filled

@@ -151,10 +151,10 @@ def flops_per_image(model: SwinTransformerV2, mode: str, batch_size: int = 1) ->
 
 def peak_kernels(dtype: torch.dtype, device: torch.device) -> dict[str, Callable[[torch.Tensor, torch.Tensor], Any]]:
     """The matrix-product kernels the peak is the best of: torch.mm, and oneDNN's linear (a @ b^T, the same
-    FLOPs) for fp32 on CPUs where it is there, since models/linear.py may run the model's products through
-    it and a peak below what the model's own kernels reach would overstate the fraction of it."""
+    FLOPs) for fp32 and bf16 on CPUs where it is there, since models/linear.py may run the model's products
+    through it and a peak below what the model's own kernels reach would overstate the fraction of it."""
     kernels: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]] = {"torch.mm": torch.mm}
-    if device.type == "cpu" and dtype == torch.float32 and onednn_available():
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_available():
         kernels["oneDNN linear"] = lambda a, b: onednn_linear(a, b, None)
     return kernels
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils import flop_counter
 
 from .cache import TensorCache
-from .linear import Linear, linear
+from .linear import Linear
 from .position_bias import relative_coordinates_table, relative_position_index, resize_bias_table
 
 # A Python float, not a tensor: a CPU tensor bound breaks on CUDA and under graph capture.
@@ -293,7 +293,7 @@ class WindowAttention(nn.Module):
         qkv_bias = None
         if self.q_bias is not None:
             qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = linear(x, self.qkv.weight, qkv_bias, self.qkv.impl)
+        qkv = self.qkv.product(x, qkv_bias)
         # Split on the (windows, N, 3, heads, head_dim) view itself: the backward then stacks the three
         # gradients straight into the (windows * N, 3C) layout of the linear's output, where unbinding a
         # permuted view would stack them heads-first and copy once more (37.7 MB per stage-0 block of

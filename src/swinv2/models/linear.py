@@ -9,21 +9,30 @@ measured the same. Same function either way: both accumulate in fp32 (tests comp
 forward and gradients).
 
     linear_impl "aten"    F.linear, everywhere
-                "onednn"  oneDNN for fp32 CPU tensors outside autocast and torch.compile; F.linear for the
-                          rest (CUDA, bf16 autocast, which already runs oneDNN's bf16 kernels, the meta
-                          device, compiled graphs, whose kernels inductor picks)
+                "onednn"  oneDNN for fp32 CPU tensors outside autocast and torch.compile, and for inference
+                          (no autograd) under the CPU's bf16 autocast from a bf16 copy of the weight that
+                          the layer keeps while the weight does not change; F.linear for the rest (CUDA,
+                          bf16 training, the meta device, compiled graphs, whose kernels inductor picks)
                 "auto"    "onednn" on AMD CPUs with AVX-512, where it measured faster; "aten" elsewhere
+
+In bf16 inference F.linear's product is oneDNN's too, but autocast casts every weight to bf16 in every
+forward pass and `addmm` writes the bias into its output in a pass of its own: from the kept copy,
+oneDNN's linear ran SwinV2-T's bf16 inference 1.38x / 1.10x / 1.08x faster at batch 1 / 8 / 32 on the
+Zen 4 (docs/performance.md, item 20).
 """
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils import flop_counter
+
+from .cache import TensorCache
 
 LINEAR_IMPLEMENTATIONS = ("auto", "aten", "onednn")
 
@@ -63,12 +72,24 @@ def cpu_prefers_onednn() -> bool:
             and torch.backends.cpu.get_cpu_capability() == "AVX512")
 
 
+def selects_onednn(impl: str) -> bool:
+    """Whether `impl` asks for oneDNN's kernel on this CPU. Never under torch.compile: inductor's own choice
+    there (it lowers oneDNN's linear only for frozen weights)."""
+    return not torch.compiler.is_compiling() and (impl == "onednn" or (impl == "auto" and cpu_prefers_onednn()))
+
+
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
-    """Whether `linear` takes oneDNN's kernel for this call."""
-    # Under torch.compile, inductor's own choice: it lowers oneDNN's linear only for frozen weights.
-    if impl == "aten" or torch.compiler.is_compiling() or (impl == "auto" and not cpu_prefers_onednn()):
-        return False
-    return x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    """Whether `linear` takes oneDNN's fp32 kernel for this call."""
+    return (selects_onednn(impl) and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def uses_onednn_bf16_inference(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
+    """Whether `Linear` computes this call from its kept bf16 weight: inference under the CPU's bf16
+    autocast, where autocast would cast the fp32 weight itself, in every call."""
+    return (selects_onednn(impl) and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and weight.dtype == torch.float32 and x.dtype in (torch.float32, torch.bfloat16))
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -115,13 +136,32 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """nn.Linear, the same parameters and state dict, whose product goes through `linear`. `impl` is set for
-    the whole model by SwinTransformerV2 from its config's linear_impl."""
+    """nn.Linear, the same parameters and state dict, whose product goes through `linear`, or in bf16
+    inference through oneDNN from a kept bf16 copy of the weight (`uses_onednn_bf16_inference`). `impl` is
+    set for the whole model by SwinTransformerV2 from its config's linear_impl."""
 
     impl: str = "auto"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bf16_cache = TensorCache()  # the weight in bf16, see bf16_weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.impl)
+        return self.product(x, self.bias)
+
+    def product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x @ weight^T + bias, with this layer's own bias or one its caller assembles (the attention's
+        q and v biases around a zero one for k)."""
+        if not uses_onednn_bf16_inference(x, self.weight, self.impl):
+            return linear(x, self.weight, bias, self.impl)
+        # What autocast's F.linear computes: x, weight and bias rounded to bf16, one fp32-accumulated product.
+        bias = None if bias is None else bias.to(torch.bfloat16)
+        return onednn_linear(x.to(torch.bfloat16), self.bf16_weight(), bias)
+
+    def bf16_weight(self) -> torch.Tensor:
+        """The weight rounded to bf16, made again when the weight changes (`cache.TensorCache`)."""
+        weight = self.weight
+        return self.bf16_cache.get([weight], lambda: weight.detach().to(torch.bfloat16))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, impl={self.impl!r}"
