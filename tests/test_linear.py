@@ -189,6 +189,7 @@ def test_bf16_inference_is_the_product_of_the_rounded_operands_from_a_weight_kep
     assert output.dtype == torch.bfloat16
     torch.testing.assert_close(output.float(), by_hand().float(), rtol=2**-8, atol=1e-6)
     kept = layer.bf16_weight()
+    assert kept.is_mkldnn and kept.dtype == torch.bfloat16  # packed in oneDNN's layout
     bf16_call()
     assert layer.bf16_weight() is kept  # unchanged weight: made once
     def in_place():

@@ -378,13 +378,18 @@ class Layout:
     stride: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
+    packed: bool = False  # oneDNN's packed weight (an mkldnn tensor: Linear's kept bf16 weight), no strides
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> "Layout":
+        if tensor.is_mkldnn:
+            return cls(tuple(tensor.shape), (), tensor.dtype, tensor.device, packed=True)
         return cls(tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
 
     def make(self, generator: torch.Generator) -> torch.Tensor:
         """Random values in this layout (strides of 0, from broadcasting, included)."""
+        if self.packed:
+            return torch.ops.mkldnn._reorder_linear_weight(torch.randn(self.shape, generator=generator).to(self.dtype))
         extent = 1 + sum((size - 1) * step for size, step in zip(self.shape, self.stride) if size > 0)
         values = torch.randn(extent, generator=generator).to(self.dtype)
         return values.to(self.device).as_strided(self.shape, self.stride)

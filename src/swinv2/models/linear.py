@@ -10,15 +10,17 @@ forward and gradients).
 
     linear_impl "aten"    F.linear, everywhere
                 "onednn"  oneDNN for fp32 CPU tensors outside autocast and torch.compile, and for inference
-                          (no autograd) under the CPU's bf16 autocast from a bf16 copy of the weight that
-                          the layer keeps while the weight does not change; F.linear for the rest (CUDA,
+                          (no autograd) under the CPU's bf16 autocast from a bf16 copy of the weight, packed
+                          in oneDNN's layout, that the layer keeps while the weight does not change;
+                          F.linear for the rest (CUDA,
                           bf16 training, the meta device, compiled graphs, whose kernels inductor picks)
                 "auto"    "onednn" on AMD CPUs with AVX-512, where it measured faster; "aten" elsewhere
 
 In bf16 inference F.linear's product is oneDNN's too, but autocast casts every weight to bf16 in every
 forward pass and `addmm` writes the bias into its output in a pass of its own: from the kept copy,
 oneDNN's linear ran SwinV2-T's bf16 inference 1.38x / 1.10x / 1.08x faster at batch 1 / 8 / 32 on the
-Zen 4 (docs/performance.md, item 20).
+Zen 4, and packed in oneDNN's blocked layout (which it would otherwise reorder the weight into in every
+call) faster again (docs/performance.md, item 20).
 """
 from __future__ import annotations
 
@@ -38,8 +40,10 @@ LINEAR_IMPLEMENTATIONS = ("auto", "aten", "onednn")
 
 
 def onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN's linear kernel (the x86 and aarch64 wheels do)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this PyTorch build has oneDNN's linear kernel and its weight packing (the x86 and aarch64
+    wheels do)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 def onednn_linear_flops(x_shape, weight_shape, *args, **kwargs) -> int:
@@ -159,9 +163,11 @@ class Linear(nn.Linear):
         return onednn_linear(x.to(torch.bfloat16), self.bf16_weight(), bias)
 
     def bf16_weight(self) -> torch.Tensor:
-        """The weight rounded to bf16, made again when the weight changes (`cache.TensorCache`)."""
+        """The weight rounded to bf16 and packed in oneDNN's blocked layout (an opaque mkldnn tensor, which
+        only oneDNN's kernels read), made again when the weight changes (`cache.TensorCache`)."""
         weight = self.weight
-        return self.bf16_cache.get([weight], lambda: weight.detach().to(torch.bfloat16))
+        return self.bf16_cache.get(
+            [weight], lambda: torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16)))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, impl={self.impl!r}"
