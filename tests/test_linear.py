@@ -2,6 +2,9 @@
 the model with them computes what the model with F.linear does; where they fall back; the "auto" rule."""
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,6 +209,12 @@ def test_bf16_inference_is_the_product_of_the_rounded_operands_from_a_weight_kep
     for change in changes:
         change()
         torch.testing.assert_close(bf16_call().float(), by_hand().float(), rtol=2**-8, atol=1e-6)
+    # Copied and saved with something kept (the packed weight is an opaque tensor): the copies start empty.
+    twin = copy.deepcopy(layer)
+    assert not twin.bf16_cache.filled
+    torch.save(layer, io.BytesIO())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(twin(x), bf16_call())
     fresh = Linear(24, 12)
     fresh.impl = "onednn"
     with torch.autocast("cpu", dtype=torch.bfloat16):

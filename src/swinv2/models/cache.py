@@ -45,6 +45,14 @@ class TensorCache:
     def clear(self) -> None:
         self.entry = None
 
+    # A copy of the module has sources of its own: its cache starts empty, and so does a pickled one (a
+    # packed oneDNN weight, an opaque tensor, could not be copied or saved anyway).
+    def __deepcopy__(self, memo: dict) -> "TensorCache":
+        return TensorCache()
+
+    def __getstate__(self) -> dict:
+        return {"entry": None}
+
     @property
     def filled(self) -> bool:
         return self.entry is not None
