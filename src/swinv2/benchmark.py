@@ -4,9 +4,10 @@ For each case (inference or a training step; fp32 or bf16 autocast; a batch size
 runs in the same process, interleaved A B A B ... after a warm-up, so that a machine whose load drifts
 slows them alike; the table gives each one's median images/s with the min-max, the median ratio to the
 first peer, and the achieved GFLOP/s against the machine's matmul peak (torch.mm, and oneDNN's linear
-for fp32 on the CPU, the faster of the two; same threads and dtype), which is chosen at the start and
-re-measured in every round as one more step, so that each round's achieved GFLOP/s is divided by that
-round's peak (PeakProbe). FLOPs per image come from
+for fp32 and bf16 on the CPU, the faster of the two; same threads and dtype), which is chosen at the
+start and re-measured in every round as one more step, so that each round's achieved GFLOP/s is divided
+by that round's peak (PeakProbe); where oneDNN's is the faster, torch.mm's, the kernel the issue names,
+is re-measured too and the targets divide by both. FLOPs per image come from
 `torch.utils.flop_counter.FlopCounterMode` on the meta device, the counting `swinv2 info` uses (matrix
 products and convolutions, 2 per multiply-add), for the forward pass and, for training, forward plus
 backward.
@@ -212,6 +213,10 @@ class PeakProbe:
     def __call__(self) -> None:
         for _ in range(self.calls):
             self.kernel(self.a, self.b)
+
+    def gflops_per_round(self, seconds: Sequence[float]) -> list[float]:
+        """The peak of each round, from this step's seconds in it."""
+        return [self.flops / s / 1e9 for s in seconds]
 
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, sizes: Sequence[int] = (1024, 2048),
@@ -513,8 +518,8 @@ def run(
                 probe, mm_probe = probes[precision], mm_probes.get(precision)
                 peak_steps = {PEAK_STEP: probe, **({TORCH_MM_PEAK_STEP: mm_probe} if mm_probe else {})}
                 seconds = time_interleaved({**steps, **peak_steps}, warmup, repeats, target)
-                peaks = [probe.flops / s / 1e9 for s in seconds.pop(PEAK_STEP)]
-                mm_peaks = [mm_probe.flops / s / 1e9 for s in seconds.pop(TORCH_MM_PEAK_STEP)] if mm_probe else None
+                peaks = probe.gflops_per_round(seconds.pop(PEAK_STEP))
+                mm_peaks = mm_probe.gflops_per_round(seconds.pop(TORCH_MM_PEAK_STEP)) if mm_probe else None
                 results = [Result(mode, precision, batch, name, [batch / s for s in values], per_image(mode, batch),
                                   probe.gflops, peaks, mm_peaks) for name, values in seconds.items()]
                 for result in results[1:]:
