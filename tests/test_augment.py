@@ -291,3 +291,31 @@ def test_eval_preprocess_plain_resize_and_rectangular_sizes():
     assert (rectangular[0] * 255 - torch.from_numpy(expected).permute(2, 0, 1).float()).abs().max() <= 1 + 1e-3
     with pytest.raises(ConfigError, match="crop_pct"):
         EvalPreprocess(16, (0.0,), (1.0,), crop_pct=1.5)
+
+
+def test_model_and_benchmark_need_no_kornia():
+    """Only augmentation imports kornia: the model, inference and the benchmark run where it is missing (the GPU
+    machines' image has no kornia), and asking for augmentation there names the missing package."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib.abc, sys
+class NoKornia(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "kornia":
+            raise ModuleNotFoundError("No module named 'kornia'", name="kornia")
+sys.meta_path.insert(0, NoKornia())
+import torch, swinv2, swinv2.benchmark, swinv2.cli
+model = swinv2.create_model("swinv2_tiny_window8_256", img_size=32, window_size=4, embed_dim=8, depths=(1, 1),
+                            num_heads=(1, 2), num_classes=3).eval()
+with torch.no_grad():
+    print(tuple(model(torch.randn(2, 3, 32, 32)).shape), "kornia" in sys.modules)
+try:
+    swinv2.data.TrainAugmentation
+except ModuleNotFoundError as error:
+    print(error.name)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["(2, 3) False", "kornia"]
