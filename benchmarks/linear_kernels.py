@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from swinv2 import create_model
 from swinv2.benchmark import time_interleaved
-from swinv2.models.linear import Linear, cpu_vendor, onednn_available, onednn_linear
+from swinv2.models.linear import Linear, cpu_description, onednn_available, onednn_linear
 
 
 def linear_shapes(model_name: str, batch_size: int) -> list[tuple[int, int, int, bool]]:
@@ -77,7 +77,7 @@ def main() -> None:
     }
     seconds = time_interleaved(steps, args.warmup, args.repeats, torch.device("cpu"))
     print(f"{args.model}, batch {args.batch_size}: {len(shapes)} linear layers, {flops / 1e9:.1f} GFLOP per set; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_vendor() or 'unknown'} "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_description() or 'unknown'} "
           f"{torch.backends.cpu.get_cpu_capability()}; {args.repeats} interleaved rounds")
     for name, values in seconds.items():
         median = statistics.median(values)

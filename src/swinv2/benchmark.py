@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import InputError, SwinV2Error
 from .models import SwinTransformerV2, create_model
-from .models.linear import LINEAR_IMPLEMENTATIONS, onednn_available, onednn_linear
+from .models.linear import LINEAR_IMPLEMENTATIONS, cpu_description, onednn_available, onednn_linear
 from .train.precision import cpu_has_fast_bf16
 
 IMPLEMENTATIONS = ("swinv2", "swinv2-plain", "swinv2-compiled", "swinv2-frozen", "hf", "matmul-floor")
@@ -538,7 +538,7 @@ def check_choices(values: Sequence[str], allowed: Sequence[str], what: str) -> N
 def machine(device: torch.device) -> dict[str, Any]:
     values = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                   "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                  "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_description()}
     if device.type == "cuda":
         values["gpu"] = torch.cuda.get_device_name(device)
     return values
@@ -616,7 +616,8 @@ def format_report(report: Report) -> str:
     config = report.config
     lines = [
         (f"{report.model}: {config['img_size'][0]}x{config['img_size'][1]}, window {config['window_size'][0]}; "
-        f"torch {report.machine['torch']}, {report.machine['device']}, {report.machine['threads']} threads"),
+        f"torch {report.machine['torch']}, {report.machine['device']}, {report.machine['threads']} threads"
+        + (f", {report.machine['cpu_model']}" if report.machine.get("cpu_model") else "")),
         "matmul peak at the start: " + ", ".join(f"{p} {g:.0f} GFLOP/s ({peak_label(report, p)})"
                                                  for p, g in report.peak_gflops.items()),
         "FLOPs per image at batch 1: " + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in report.flops_per_image.items())
