@@ -57,30 +57,32 @@ if onednn_available() and torch.ops.mkldnn._linear_pointwise not in flop_counter
 
 
 @functools.cache
-def cpuinfo(field: str) -> str:
-    """The first value of `field` in /proc/cpuinfo ("vendor_id", "cpu family", "model"), "" where there is none
-    (not Linux)."""
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("vendor_id", "cpu family", "model", ...), read once;
+    empty where there is none (not Linux)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as lines:
             for line in lines:
                 name, _, value = line.partition(":")
-                if name.strip() == field:
-                    return value.strip()
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
 
 
 def cpu_vendor() -> str:
     """The CPU's vendor ("AuthenticAMD", "GenuineIntel"), "" where unknown."""
-    return cpuinfo("vendor_id")
+    return cpuinfo().get("vendor_id", "")
 
 
 def cpu_description() -> str:
     """Vendor, family and model, as the benchmark's reports name the machine (AMD family 25 model 17 is Zen 4,
     family 26 Zen 5: the same AVX-512 BF16 instructions, measured here at twice Zen 4's fp32 matmul peak)."""
-    vendor, family, model = cpuinfo("vendor_id"), cpuinfo("cpu family"), cpuinfo("model")
-    return f"{vendor} family {family} model {model}" if vendor else ""
+    fields = cpuinfo()
+    if "vendor_id" not in fields:
+        return ""
+    return f"{fields['vendor_id']} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
 
 
 @functools.cache
