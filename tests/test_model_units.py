@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import swinv2
 from swinv2.models.attention import WindowAttention
+from swinv2.models import blocks as blocks_module
 from swinv2.models.blocks import PatchMerging
 from swinv2.models.position_bias import relative_coordinates_table, relative_position_index
 from swinv2.models.windows import shifted_window_mask, window_and_shift, window_partition, window_reverse
@@ -209,6 +211,86 @@ def test_window_attention_matches_hand_reference(window, pretrained):
         expected = reference_window_attention(attention, x[0].numpy(), None if m is None else m[0].numpy())
         # The coordinate table is built in float32 as officially: ~1e-8 relative rounding in the bias.
         np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
+
+
+def opposed_regions(logit_scales: list[float]) -> tuple[WindowAttention, torch.Tensor, torch.Tensor]:
+    """Attention with one head per logit scale, and a window of the shift mask whose masked pairs have the
+    largest cosine there is: k = -q, so cos(q_i, k_j) = -cos(x_i, x_j) and the query's own pair is at -1,
+    and tokens lie along +u or -u by region, masked pairs of opposite regions at +1, where a head at
+    1/tau = 100 gives the official -100 a weight to reckon with."""
+    torch.manual_seed(0)
+    window, heads = (4, 4), len(logit_scales)
+    attention = WindowAttention(dim=4 * heads, window_size=window, num_heads=heads)
+    dim = attention.dim
+    with torch.no_grad():
+        for parameter in attention.parameters():
+            parameter.normal_(0, 0.5)
+        attention.logit_scale.copy_(torch.tensor(logit_scales).view(heads, 1, 1))
+        attention.q_bias.zero_()
+        attention.qkv.weight[dim:2 * dim] = -attention.qkv.weight[:dim]
+    mask = shifted_window_mask((8, 8), window, (2, 2))[-1:]  # the window where the four wrapped regions meet
+    region = (mask[0] != 0).long().argmin(dim=1)  # the first token of each token's region
+    sign = torch.where(torch.unique(region, return_inverse=True)[1] % 2 == 0, 1.0, -1.0)
+    x = (sign[:, None] * torch.randn(dim) + 0.1 * torch.randn(16, dim)).unsqueeze(0)
+    return attention, x, mask
+
+
+def test_shift_mask_is_the_official_minus_100_in_cool_and_hot_heads():
+    """Ours (fp32) against the official -100 shift mask written out in float64, heads from cool to the
+    temperature's clamp. Cool heads get a total mask (WindowAttention.head_masks), which must not move
+    the output beyond fp32's rounding; the hottest keeps -100, whose leak must be reproduced: with a
+    total mask in every head the hand reference is another function."""
+    # 1/tau = 2, 10 (the initial value), 30 (the largest with a total mask) and 100 (clamped from e^9)
+    attention, x, mask = opposed_regions([math.log(2.0), math.log(10.0), math.log(30.0), 9.0])
+    assert (mask == -100.0).any()
+    ours = attention(x, mask)[0].detach().double().numpy()
+    official = reference_window_attention(attention, x[0].double().numpy(), mask[0].double().numpy())
+    scale = np.abs(official).max()
+    np.testing.assert_allclose(ours, official, rtol=0, atol=1e-6 * scale)
+    total_everywhere = reference_window_attention(attention, x[0].double().numpy(), 100 * mask[0].double().numpy())
+    assert np.abs(total_everywhere - official).max() > 1e-2 * scale
+
+
+def test_cached_bias_follows_the_temperature_that_decides_total_masks():
+    """Which heads' masks are total depends on logit_scale, no source of the position bias itself: a head
+    heated in place after the inference cache was filled must get the official -100 back."""
+    attention, x, mask = opposed_regions([math.log(10.0)] * 2)
+    with torch.no_grad():
+        attention(x, mask)  # cached, both masks total
+        assert attention.bias_cache.filled
+        attention.logit_scale[1] = 9.0
+        ours = attention(x, mask)[0].double().numpy()
+    official = reference_window_attention(attention, x[0].double().numpy(), mask[0].double().numpy())
+    np.testing.assert_allclose(ours, official, rtol=0, atol=1e-6 * np.abs(official).max())
+
+
+def test_shifted_window_weights_are_exact_zeros_not_subnormal_floats():
+    """At the initial temperature the official -100 leaves masked pairs weights of about e^-64 to e^-136,
+    many of them subnormal floats (10-40x slower arithmetic on Intel CPUs, docs/performance.md item 22).
+    The softmax of a shifted block, forward and backward of a training step, must give every masked pair
+    exactly 0 and no weight below the smallest normal float."""
+    torch.manual_seed(0)
+    block = blocks_module.SwinTransformerV2Block(32, (8, 8), 2, (4, 4), shifted=True, attention_impl="plain")
+    seen = []
+
+    class Softmaxes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten._softmax.default, torch.ops.aten._softmax_backward_data.default):
+                seen.append(out.detach())
+            return out
+
+    x = torch.randn(2, 8, 8, 32, requires_grad=True)
+    with Softmaxes():
+        block(x).sum().backward()
+    assert len(seen) == 2  # the weights and their gradient
+    weights = seen[0]  # (B * nW, heads, N, N), window i using mask i % nW
+    masked = (block.attn_mask != 0).unsqueeze(1).repeat(2, 1, 1, 1).expand_as(weights)
+    assert masked.any()
+    assert torch.equal(weights == 0, masked)
+    tiny = torch.finfo(torch.float32).tiny
+    for tensor in seen:
+        assert not ((tensor != 0) & (tensor.abs() < tiny)).any()
 
 
 # ------------------------------------------------------------------ initialisation and schedule

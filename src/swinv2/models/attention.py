@@ -22,10 +22,14 @@ from torch.utils import flop_counter
 from .cache import TensorCache
 from .linear import Linear
 from .position_bias import relative_coordinates_table, relative_position_index, resize_bias_table
+from .windows import PADDING_MASK_VALUE, SHIFT_MASK_VALUE
 
 # A Python float, not a tensor: a CPU tensor bound breaks on CUDA and under graph capture.
 MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 NORM_EPS = 1e-12  # F.normalize's: q and k shorter than this are divided by it instead
+# Heads at most this hot get a total shift mask (WindowAttention.head_masks): there -100 leaves a masked
+# pair at most exp(2 * 30 + 16 - 100) = e^-24 of its row's largest weight, 64 of them under fp32's rounding.
+TOTAL_MASK_MAX_INVERSE_TAU = 30.0
 
 # FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel, and would count the
 # attention products as 0 FLOPs (`swinv2 info`, the benchmark): give it the formulas of the CUDA ones.
@@ -240,6 +244,8 @@ class WindowAttention(nn.Module):
         if mask is not None:
             sources.append(mask)
         needs_graph = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in sources)
+        if mask is not None and self.logit_scale is not None:
+            sources.append(self.logit_scale)  # which heads' masks are total (head_masks), no gradient
         if (needs_graph or torch.compiler.is_compiling() or self.qkv.weight.device.type == "meta"
                 or any(tensor.is_inference() for tensor in sources)):
             # Part of the autograd graph, traced into a compiled one, or shapes only: computed each call.
@@ -251,8 +257,28 @@ class WindowAttention(nn.Module):
 
     def combine(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         bias = self.position_bias()  # (heads, N, N)
-        bias = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW or 1, heads, N, N)
+        bias = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + self.head_masks(mask)  # (nW or 1, heads, N, N)
         return bias.to(dtype).contiguous()  # attend_sdpa views it as (1, nW * heads, N, N)
+
+    def head_masks(self, mask: torch.Tensor) -> torch.Tensor:
+        """(nW, N, N) -> (nW, heads or 1, N, N): the mask, total in the heads where the official -100 is
+        total in effect.
+
+        The shift mask's -100 leaves a masked pair the weight exp(logit - 100). Logits of cosine attention lie
+        within 1/tau of 0 plus a bias in (0, 16), so relative to its row's largest weight (at least the
+        query's own, never masked) a masked pair weighs at most exp(2 / tau + 16 - 100): for 1 / tau <= 30
+        (logit_scale <= ln 30; it starts at ln 10) e^-24 or less, whose sum over a window is below fp32's
+        rounding of the output. There the mask is made total (PADDING_MASK_VALUE), so the softmax returns
+        exact zeros instead of weights of 1e-28 to 1e-45, subnormal floats, which Intel CPUs multiply and
+        add 10-40x slower (a training step of SwinV2-T 1.1x faster on one, docs/performance.md, item 22).
+        Hotter heads keep -100, whose leak is then real and the official model's. Dot-product attention
+        (v1) has unbounded logits: its mask stays as given."""
+        masks = mask.unsqueeze(1)  # (nW, 1, N, N)
+        if self.logit_scale is None:
+            return masks
+        inverse_tau = torch.clamp(self.logit_scale.detach(), max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        total = (inverse_tau <= TOTAL_MASK_MAX_INVERSE_TAU) & (masks <= SHIFT_MASK_VALUE)  # (nW, heads, N, N)
+        return torch.where(total, masks.clamp(max=PADDING_MASK_VALUE), masks)
 
     def use_sdpa(self, x: torch.Tensor) -> bool:
         """The implementation for this call. "auto": the fused kernel on CUDA (its memory-efficient kernel

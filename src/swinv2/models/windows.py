@@ -7,6 +7,9 @@ import torch
 # drives their weight to exactly 0, while staying finite: an all-padding window still softmaxes to
 # numbers, and fp16 can hold it.
 PADDING_MASK_VALUE = -1.0e4
+# The official shift mask's value. Not a total mask: it leaves masked pairs a weight of exp(logit - 100)
+# (see attention.WindowAttention.head_masks for where that weight is not 0 in fp32).
+SHIFT_MASK_VALUE = -100.0
 
 
 def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
@@ -55,7 +58,7 @@ def window_order(resolution: tuple[int, int], window: tuple[int, int], shift: tu
 def shifted_window_mask(
     resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> torch.Tensor | None:
-    """Additive mask (num_windows, N, N): -100 between tokens that the cyclic roll brought
+    """Additive mask (num_windows, N, N): SHIFT_MASK_VALUE (-100) between tokens that the cyclic roll brought
     together from different parts of the map, 0 elsewhere. None when nothing is shifted.
 
     Each axis splits into the slices [0, size-window), [size-window, size-shift), [size-shift, size);
@@ -70,7 +73,7 @@ def shifted_window_mask(
     region = labels[0][:, None] * 3 + labels[1][None, :]  # (H, W), values 0..8
     region_windows = window_partition(region[None, :, :, None].float(), window).squeeze(-1)  # (nW, N)
     different = region_windows[:, :, None] != region_windows[:, None, :]
-    return torch.zeros(different.shape).masked_fill(different, -100.0)
+    return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_VALUE)
 
 
 def window_attention_mask(
