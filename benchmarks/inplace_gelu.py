@@ -17,7 +17,7 @@ import torch
 
 from swinv2 import create_model
 from swinv2.benchmark import time_interleaved
-from swinv2.models.blocks import Mlp
+from swinv2.models.mlp import Mlp
 
 
 def out_of_place(mlp: Mlp, x: torch.Tensor) -> torch.Tensor:

@@ -368,6 +368,7 @@ def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats:
 
 # --------------------------------------------------------------------------- the matmul floor
 MATRIX_PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+                   torch.ops.aten.addmm.out,  # the chunked MLP's weight gradients (models/mlp.py)
                    torch.ops.aten.baddbmm.default, torch.ops.aten.convolution.default,
                    torch.ops.aten.convolution_backward.default,
                    # linear_impl "onednn" (models/linear.py), where this PyTorch has it

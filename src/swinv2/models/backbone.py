@@ -54,6 +54,7 @@ class SwinTransformerV2Stage(nn.Module):
                 norm=config.norm,
                 attention=config.attention,
                 position_bias=config.position_bias,
+                mlp_chunk_elements=config.mlp_chunk_elements,
             )
             for index in range(config.depths[stage])
         )

@@ -7,6 +7,7 @@ from torch import nn
 
 from .attention import WindowAttention
 from .linear import Linear
+from .mlp import MLP_CHUNK_ELEMENTS, Mlp
 from .windows import padded_size, window_and_shift, window_attention_mask, window_order
 
 
@@ -42,28 +43,6 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
-
-
-class Mlp(nn.Module):
-    """Linear(C, rC) -> GELU -> Dropout -> Linear(rC, C) -> Dropout."""
-
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)
-        if not torch.is_grad_enabled() and isinstance(self.act, nn.GELU):
-            # Without autograd nothing reads fc1's output after GELU (its backward would): overwrite it,
-            # as nn.ReLU(inplace=True) does, so that one (tokens, rC) buffer per MLP stays in cache, not two
-            # (and, as with ReLU, a forward hook on fc1 that keeps its output sees it overwritten).
-            hidden = torch.ops.aten.gelu_(hidden, approximate=self.act.approximate)
-        else:
-            hidden = self.act(hidden)
-        return self.drop(self.fc2(self.drop(hidden)))
 
 
 class PatchEmbed(nn.Module):
@@ -138,6 +117,7 @@ class SwinTransformerV2Block(nn.Module):
         norm: str = "res_post",
         attention: str = "cosine",
         position_bias: str = "cpb_log",
+        mlp_chunk_elements: int = MLP_CHUNK_ELEMENTS,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
@@ -153,7 +133,7 @@ class SwinTransformerV2Block(nn.Module):
         )
         self.norm1 = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, chunk_elements=mlp_chunk_elements)
         self.norm2 = nn.LayerNorm(dim)
         # SwinV2-H/G: one more LayerNorm on the main branch itself, every few blocks.
         self.main_branch_norm = nn.LayerNorm(dim) if extra_norm else None

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .linear import LINEAR_IMPLEMENTATIONS, onednn_available
+from .mlp import MLP_CHUNK_ELEMENTS
 
 
 def to_pair(value: Any, name: str) -> tuple[int, int]:
@@ -65,6 +66,11 @@ class SwinV2Config:
     # page-faulting pages on every call: 1.2x (batch 8) to 1.35x (batch 32) faster for SwinV2-T
     # (docs/performance.md). Training and GPUs run the whole batch.
     inference_chunk_tokens: int = 4096
+    # CPU training in fp32: each MLP keeps only fc1's output for the backward and applies GELU and fc2, and
+    # takes their gradients, on this many elements of the hidden layer at a time (0 = autograd's step on
+    # the whole layer). Same result; the large intermediates are not allocated afresh in every step
+    # (models/mlp.py, docs/performance.md).
+    mlp_chunk_elements: int = MLP_CHUNK_ELEMENTS
     # How window attention is computed (same result): "plain" matmul + softmax, the reference; "sdpa"
     # F.scaled_dot_product_attention; "auto" the faster of the two for the device and whether
     # gradients are needed (docs/performance.md).
@@ -140,6 +146,8 @@ class SwinV2Config:
                               "(torch.backends.mkldnn.is_available() is False here): use 'auto' or 'aten'")
         if self.attention_chunk_size < 0:
             raise ConfigError("attention_chunk_size must be 0 (all windows at once) or a positive window count")
+        if self.mlp_chunk_elements < 0:
+            raise ConfigError("mlp_chunk_elements must be 0 (autograd's MLP step) or a positive element count")
         if self.inference_chunk_tokens < 0:
             raise ConfigError("inference_chunk_tokens must be 0 (the whole batch at once) or a positive token count")
         height, width = self.img_size
