@@ -431,3 +431,20 @@ def test_torch_compile_fullgraph_training_gradients_match_eager(tiny_config):
     for (name, expected), actual in zip(plain.named_parameters(), model.parameters()):
         error = (actual.grad - expected.grad).abs().max().item()
         assert error <= 1e-5 * largest, f"gradient of {name}: max error {error:.3g}, largest gradient {largest:.3g}"
+
+
+def test_token_permutation_gradient_is_the_inverse_gather():
+    """permute_tokens' backward (a gather by the inverse order) against autograd's index_select backward
+    (zeros, then a scatter-add), for a block's own roll-and-partition order; and its own backward again."""
+    from swinv2.models.windows import TokenPermutation, permute_tokens, window_order
+
+    order = window_order((8, 8), (4, 4), (2, 2))
+    inverse = torch.argsort(order)
+    x = torch.randn(2, 64, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 64, 5, dtype=torch.float64)
+    ours = permute_tokens(x, order, inverse)
+    torch.testing.assert_close(ours, x.index_select(1, order), rtol=0, atol=0)
+    (expected,) = torch.autograd.grad(x.index_select(1, order), x, grad)
+    (found,) = torch.autograd.grad(ours, x, grad)
+    torch.testing.assert_close(found, expected, rtol=0, atol=0)
+    assert torch.autograd.gradgradcheck(lambda t: TokenPermutation.apply(t, order, inverse), (x,))

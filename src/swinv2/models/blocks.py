@@ -8,7 +8,7 @@ from torch import nn
 from .attention import WindowAttention
 from .linear import Linear
 from .mlp import MLP_CHUNK_ELEMENTS, Mlp
-from .windows import padded_size, window_and_shift, window_attention_mask, window_order
+from .windows import padded_size, permute_tokens, window_and_shift, window_attention_mask, window_order
 
 
 class DropPath(nn.Module):
@@ -195,12 +195,15 @@ class SwinTransformerV2Block(nn.Module):
         tokens = self.window_size[0] * self.window_size[1]
         x = x.flatten(1, 2)
         if order is not None:
-            x = x.index_select(1, order)
+            x = permute_tokens(x, order, inverse)
         windows = self.attn(x.reshape(-1, tokens, channels), mask)  # (B * nW, N, C)
         x = windows.view(batch, -1, channels)
         if inverse is not None:
-            x = x.index_select(1, inverse)
-        return x.view(batch, padded_height, padded_width, channels)[:, :height, :width]
+            x = permute_tokens(x, inverse, order)
+        x = x.view(batch, padded_height, padded_width, channels)
+        if (padded_height, padded_width) == (height, width):
+            return x  # no crop: its backward would zero a tensor of this size and copy the gradient in
+        return x[:, :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # drop_path.residual(x, branch) = x + drop_path(branch)

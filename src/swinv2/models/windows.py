@@ -55,6 +55,30 @@ def window_order(resolution: tuple[int, int], window: tuple[int, int], shift: tu
     return window_partition(index, window).flatten()
 
 
+class TokenPermutation(torch.autograd.Function):
+    """x.index_select(1, order) where `order` is a permutation of dimension 1 and `inverse` its argsort.
+    The gradient is the inverse gather, grad.index_select(1, inverse), where autograd's index_select
+    backward would zero a tensor of x's size and scatter-add into it (two passes, the second slower)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(order, inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        order, inverse = ctx.saved_tensors
+        return TokenPermutation.apply(grad, inverse, order), None, None  # itself differentiable
+
+
+def permute_tokens(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """(B, L, C) -> (B, L, C), token i of the result being x's token order[i]: TokenPermutation where a
+    gradient is recorded, a plain gather otherwise (no autograd.Function to enter)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return TokenPermutation.apply(x, order, inverse)
+    return x.index_select(1, order)
+
+
 def shifted_window_mask(
     resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> torch.Tensor | None:
