@@ -3,7 +3,8 @@
     python benchmarks/memory.py                       # SwinV2-T, 512 px, window 16, batch 2, CPU
     python benchmarks/memory.py --batch-size 8 --device cuda
 
-Each configuration runs in a fresh process. After a warm-up step (which also allocates the AdamW
+"neither" is the default model, whose MLPs take their chunked CPU training step (models/mlp.py); the
+last row is the same model with autograd's MLP step. Each configuration runs in a fresh process. After a warm-up step (which also allocates the AdamW
 state), the peak is reset and one more step measured: on CPU the resident-set high-water mark
 (VmHWM, reset through /proc/self/clear_refs) above the level before the step; on CUDA
 torch.cuda.max_memory_allocated above the memory allocated before the step.
@@ -22,6 +23,8 @@ CONFIGURATIONS = {
     "checkpointing": dict(use_checkpoint=True),
     "sequential attention": dict(attention_chunk_size=16),
     "both": dict(use_checkpoint=True, attention_chunk_size=16),
+    # Before item 23 (docs/performance.md): autograd's MLP step, which keeps GELU's output too.
+    "autograd MLP step": dict(mlp_chunk_elements=0),
 }
 
 
