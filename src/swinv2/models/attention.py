@@ -270,7 +270,7 @@ class WindowAttention(nn.Module):
         (logit_scale <= ln 30; it starts at ln 10) e^-24 or less, whose sum over a window is below fp32's
         rounding of the output. There the mask is made total (PADDING_MASK_VALUE), so the softmax returns
         exact zeros instead of weights of 1e-28 to 1e-45, subnormal floats, which Intel CPUs multiply and
-        add 10-40x slower (a training step of SwinV2-T 1.1x faster on one, docs/performance.md, item 22).
+        add 10-40x slower (SwinV2-T's training step 1.17-1.23x faster on one, docs/performance.md, item 22).
         Hotter heads keep -100, whose leak is then real and the official model's. Dot-product attention
         (v1) has unbounded logits: its mask stays as given."""
         masks = mask.unsqueeze(1)  # (nW, 1, N, N)

@@ -17,7 +17,7 @@ from torch import nn
 
 from .linear import Linear, linear
 
-# Rows of the (tokens, rC) hidden layer per chunk: this many elements, 8 MiB in fp32.
+# A chunk of the (tokens, rC) hidden layer: as many rows as hold this many elements (8 MiB in fp32).
 MLP_CHUNK_ELEMENTS = 2**21
 
 
