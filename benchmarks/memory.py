@@ -4,7 +4,9 @@
     python benchmarks/memory.py --batch-size 8 --device cuda
 
 "neither" is the default model, whose MLPs take their chunked CPU training step (models/mlp.py); the
-last row is the same model with autograd's MLP step. Each configuration runs in a fresh process. After a warm-up step (which also allocates the AdamW
+last row is the same model with autograd's MLP step.
+
+Each configuration runs in a fresh process. After a warm-up step (which also allocates the AdamW
 state), the peak is reset and one more step measured: on CPU the resident-set high-water mark
 (VmHWM, reset through /proc/self/clear_refs) above the level before the step; on CUDA
 torch.cuda.max_memory_allocated above the memory allocated before the step.

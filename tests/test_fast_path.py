@@ -15,6 +15,7 @@ from swinv2 import SwinTransformerV2, SwinV2Config
 from swinv2.models import blocks as blocks_module
 from swinv2.models.attention import ScaledUnitVectors, WindowAttention
 from swinv2.models.linear import onednn_available
+from swinv2.models.windows import TokenPermutation, permute_tokens, window_order
 from swinv2.train.config import OptimSection
 from swinv2.train.optim import build_optimizer
 
@@ -436,8 +437,6 @@ def test_torch_compile_fullgraph_training_gradients_match_eager(tiny_config):
 def test_token_permutation_gradient_is_the_inverse_gather():
     """permute_tokens' backward (a gather by the inverse order) against autograd's index_select backward
     (zeros, then a scatter-add), for a block's own roll-and-partition order; and its own backward again."""
-    from swinv2.models.windows import TokenPermutation, permute_tokens, window_order
-
     order = window_order((8, 8), (4, 4), (2, 2))
     inverse = torch.argsort(order)
     x = torch.randn(2, 64, 5, dtype=torch.float64, requires_grad=True)

@@ -276,9 +276,13 @@ class WindowAttention(nn.Module):
         masks = mask.unsqueeze(1)  # (nW, 1, N, N)
         if self.logit_scale is None:
             return masks
-        inverse_tau = torch.clamp(self.logit_scale.detach(), max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
-        total = (inverse_tau <= TOTAL_MASK_MAX_INVERSE_TAU) & (masks <= SHIFT_MASK_VALUE)  # (nW, heads, N, N)
+        cool = self.inverse_tau().detach() <= TOTAL_MASK_MAX_INVERSE_TAU  # (heads, 1, 1)
+        total = cool & (masks <= SHIFT_MASK_VALUE)  # (nW, heads, N, N)
         return torch.where(total, masks.clamp(max=PADDING_MASK_VALUE), masks)
+
+    def inverse_tau(self) -> torch.Tensor:
+        """(heads, 1, 1): 1 / tau = exp(logit_scale), clamped at 100 (tau >= 0.01)."""
+        return torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
 
     def use_sdpa(self, x: torch.Tensor) -> bool:
         """The implementation for this call. "auto": the fused kernel on CUDA (its memory-efficient kernel
@@ -333,7 +337,7 @@ class WindowAttention(nn.Module):
         if self.logit_scale is None:
             q = q * head_dim**-0.5  # Swin v1's dot product: logits grow with the activations
         else:
-            inverse_tau = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+            inverse_tau = self.inverse_tau()  # (heads, 1, 1)
             # q in the order the output should have: tokens first where SDPA takes it unfolded.
             unfolded = fused and not folds_windows_into_heads(bias.shape[0], windows)
             q = scaled_unit_vectors(q, inverse_tau, keep_layout=unfolded)
