@@ -17,17 +17,12 @@ chunking gain is the allocator. Also checks that every chunk size gives the same
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 
 import torch
 
 from swinv2 import create_model
-from swinv2.benchmark import time_interleaved
-
-
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+from swinv2.benchmark import minor_page_faults, time_interleaved
 
 
 def main() -> None:
@@ -56,9 +51,9 @@ def main() -> None:
             difference = (model(images) - reference).abs().max().item()
             if difference > tolerance * reference.abs().max().item():
                 raise SystemExit(f"inference_chunk_tokens={tokens} changes the logits by {difference:.3g}")
-            before = minor_faults()
+            before = minor_page_faults()
             model(images)
-            faults[tokens] = minor_faults() - before
+            faults[tokens] = minor_page_faults() - before
         steps = {tokens: (lambda model=model: model(images)) for tokens, model in models.items()}
         seconds = time_interleaved(steps, args.warmup, args.repeats, torch.device("cpu"))
     print(f"{args.model}, batch {args.batch_size}, {args.precision}, {torch.get_num_threads()} threads; "

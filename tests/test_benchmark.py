@@ -261,6 +261,41 @@ def test_torch_mm_peak_is_remeasured_too_where_another_kernel_is_faster(monkeypa
     assert alone.results[0].torch_mm_peak_per_round is None and alone.results[0].fraction_of_torch_mm_peak is None
 
 
+@pytest.mark.skipif(benchmark.resource is None, reason="no getrusage on this platform: the report has no faults")
+def test_page_faults_per_step_count_the_fresh_pages_a_step_touches():
+    """A step that writes one byte into each page of a fresh 8 MiB anonymous mapping (huge pages off for it)
+    makes the kernel zero 8 MiB / page size pages on first touch: the faults counted for it, against a step
+    that touches nothing new. The report keeps each timed step's count and prints the median."""
+    import mmap
+
+    page = mmap.PAGESIZE
+    size = 8 * 2**20
+    pages = size // page
+
+    def touch_fresh_memory() -> None:
+        memory = mmap.mmap(-1, size)
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+        for offset in range(0, size, page):
+            memory[offset] = 1
+        memory.close()
+
+    faults: dict[str, list[int]] = {}
+    benchmark.time_interleaved({"fresh": touch_fresh_memory, "nothing": lambda: None}, 1, 3,
+                               torch.device("cpu"), faults)
+    assert len(faults["fresh"]) == len(faults["nothing"]) == 3  # the timed steps only
+    assert all(pages <= count < pages + 256 for count in faults["fresh"]), (pages, faults)
+    assert all(count < 256 for count in faults["nothing"]), faults
+
+    report = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2", "hf"], batch_sizes=[1],
+                 modes=["inference"], precisions=["fp32"], warmup=0, repeats=3, peak_sizes=[128])
+    for result in report.results:
+        assert len(result.page_faults_per_step) == 3
+        assert result.median_page_faults == sorted(result.page_faults_per_step)[1]
+    assert "faults/step" in report.format()
+    saved = Report.from_dict(json.loads(report.to_json()))
+    assert [r.page_faults_per_step for r in saved.results] == [r.page_faults_per_step for r in report.results]
+
+
 def test_reports_from_before_the_per_round_peak_still_read(capsys):
     """A report saved when the peak was measured once (docs/measurements holds them) divides by that peak."""
     path = Path(__file__).parents[1] / "docs" / "measurements" / "peers-floor-zen3-2026-12-02-second.json"
@@ -271,4 +306,6 @@ def test_reports_from_before_the_per_round_peak_still_read(capsys):
         assert result.fraction_of_peak == pytest.approx(saved["fraction_of_peak"])
         assert result.fraction_of_peak == pytest.approx(result.gflops / values["peak_gflops"]["fp32"])
     assert main(["benchmark", "--show", str(path)]) == 0
-    assert "that round's peak" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "that round's peak" not in printed
+    assert "faults/step" not in printed  # not counted then

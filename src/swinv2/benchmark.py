@@ -10,7 +10,11 @@ by that round's peak (PeakProbe); where oneDNN's is the faster, torch.mm's, the 
 is re-measured too and the targets divide by both. FLOPs per image come from
 `torch.utils.flop_counter.FlopCounterMode` on the meta device, the counting `swinv2 info` uses (matrix
 products and convolutions, 2 per multiply-add), for the forward pass and, for training, forward plus
-backward.
+backward. The table also gives each implementation's minor page faults per step, the median over its timed
+steps (getrusage; where the platform has it): each is a page of fresh memory the kernel zeroes on first
+touch, which is what glibc's malloc costs for memory it returned to the kernel (large blocks, and the top of
+the heap above its trim threshold) and is then asked for again. They depend on what the process allocated
+before, which is why the order of the cases can move an implementation's speed (docs/performance.md).
 
 Implementations:
     swinv2           this project as configured (attention_impl and linear_impl "auto": docs/performance.md)
@@ -38,6 +42,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+try:
+    import resource  # getrusage's minor page faults; Unix only, the report leaves them out elsewhere
+except ImportError:
+    resource = None
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +98,13 @@ class Result:
     fraction_of_peak: float = 0.0
     # The first implementation's images/s over this one's, the median over rounds (None on the first's row)
     ratio_to_reference: float | None = None
+    # The process's minor page faults during each timed step (None where not counted: reports written before
+    # they were, or a platform without getrusage)
+    page_faults_per_step: list[int] | None = None
+
+    @property
+    def median_page_faults(self) -> float | None:
+        return statistics.median(self.page_faults_per_step) if self.page_faults_per_step else None
 
     def __post_init__(self) -> None:
         self.median = statistics.median(self.images_per_second)
@@ -350,19 +366,27 @@ def make_step(model: nn.Module, mode: str, precision: str, images: torch.Tensor,
     return train
 
 
+def minor_page_faults() -> int:
+    """The process's minor page faults so far (all its threads), 0 where getrusage is missing."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
 def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats: int,
-                     device: torch.device) -> dict[str, list[float]]:
+                     device: torch.device, faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
     """Seconds per step of each implementation: `warmup` untimed rounds, then `repeats` timed rounds,
-    each round running every implementation once in turn (A B A B ...)."""
+    each round running every implementation once in turn (A B A B ...). With `faults`, also each timed
+    step's minor page faults, by implementation."""
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(warmup + repeats):
         for name, step in steps.items():
             synchronize(device)
-            start = time.perf_counter()
+            before, start = minor_page_faults(), time.perf_counter()
             step()
             synchronize(device)
             if round_index >= warmup:
                 seconds[name].append(time.perf_counter() - start)
+                if faults is not None:
+                    faults.setdefault(name, []).append(minor_page_faults() - before)
     return seconds
 
 
@@ -518,11 +542,14 @@ def run(
                          if mode == "inference" or name not in INFERENCE_ONLY}
                 probe, mm_probe = probes[precision], mm_probes.get(precision)
                 peak_steps = {PEAK_STEP: probe, **({TORCH_MM_PEAK_STEP: mm_probe} if mm_probe else {})}
-                seconds = time_interleaved({**steps, **peak_steps}, warmup, repeats, target)
+                faults: dict[str, list[int]] = {}
+                seconds = time_interleaved({**steps, **peak_steps}, warmup, repeats, target, faults)
                 peaks = probe.gflops_per_round(seconds.pop(PEAK_STEP))
                 mm_peaks = mm_probe.gflops_per_round(seconds.pop(TORCH_MM_PEAK_STEP)) if mm_probe else None
                 results = [Result(mode, precision, batch, name, [batch / s for s in values], per_image(mode, batch),
-                                  probe.gflops, peaks, mm_peaks) for name, values in seconds.items()]
+                                  probe.gflops, peaks, mm_peaks,
+                                  page_faults_per_step=faults[name] if resource else None)
+                           for name, values in seconds.items()]
                 for result in results[1:]:
                     # Per round, so that load shared by the two runs of a round cancels.
                     result.ratio_to_reference = round_ratio(results[0], result)
@@ -632,15 +659,20 @@ def format_report(report: Report) -> str:
                      "of peak = median over rounds of achieved / that round's peak")
     if any(r.torch_mm_peak_per_round for r in report.results):
         lines.append("torch.mm's peak re-measured too where another kernel is faster; the targets divide by both")
+    counted = any(r.page_faults_per_step for r in report.results)
+    if counted:
+        lines.append("faults/step = median over the timed steps of the process's minor page faults (fresh pages "
+                     "of memory)")
     lines.append("")
     header = ("mode", "precision", "batch", "implementation", "img/s", "min-max", "first/this", "GFLOP/s",
-              *(("peak",) if per_round else ()), "of peak")
+              *(("peak",) if per_round else ()), "of peak", *(("faults/step",) if counted else ()))
     rows = [header]
     for r in report.results:
         rows.append((r.mode, r.precision, str(r.batch_size), r.implementation, f"{r.median:.2f}",
                      f"{r.minimum:.2f}-{r.maximum:.2f}", "-" if r.ratio_to_reference is None
                      else f"{r.ratio_to_reference:.2f}", f"{r.gflops:.0f}",
-                     *((f"{r.peak_gflops:.0f}",) if per_round else ()), f"{100 * r.fraction_of_peak:.0f}%"))
+                     *((f"{r.peak_gflops:.0f}",) if per_round else ()), f"{100 * r.fraction_of_peak:.0f}%",
+                     *((("-" if r.median_page_faults is None else f"{r.median_page_faults:,.0f}"),) if counted else ())))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in
