@@ -3,7 +3,7 @@
     python benchmarks/inplace_gelu.py                      # SwinV2-T 256/w8, batch 8, fp32
     python benchmarks/inplace_gelu.py --batch-size 1 32
 
-Two models with the same weights under `torch.no_grad()`, timed in interleaved rounds (A B A B ...): the
+Two models with the same weights under `torch.no_grad()`, timed in interleaved rounds (A B, B A, ...): the
 model as it is, whose MLPs overwrite fc1's output with its GELU, and the same model with each MLP's
 forward replaced by the out-of-place composition fc2(GELU(fc1(x))), which gives GELU a tensor of its own.
 Checks first that both give the same logits, bit for bit."""

@@ -3,6 +3,7 @@ fields and the command. Nothing here asserts a speed: timings on a shared machin
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -259,6 +260,41 @@ def test_torch_mm_peak_is_remeasured_too_where_another_kernel_is_faster(monkeypa
     alone = run("swinv2_tiny_window8_256", TINY, implementations=["swinv2"], batch_sizes=[1], modes=["inference"],
                 precisions=["fp32"], warmup=0, repeats=1, peak_sizes=[128])
     assert alone.results[0].torch_mm_peak_per_round is None and alone.results[0].fraction_of_torch_mm_peak is None
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5, 6, 7])
+def test_balanced_orders_let_each_implementation_follow_each_other_equally_often(count):
+    """Every order is a permutation, and over the cycle each ordered pair (i directly before j, i != j)
+    occurs the same number of times, by a count of all adjacent pairs: once per pair for an even count,
+    twice for an odd one (n(n-1) or 2n(n-1) adjacent pairs in n or 2n orders)."""
+    orders = benchmark.balanced_orders(count)
+    assert len(orders) == (count if count % 2 == 0 else 2 * count)
+    assert all(sorted(order) == list(range(count)) for order in orders)
+    pairs = {}
+    for order in orders:
+        for before, after in zip(order, order[1:]):
+            pairs[before, after] = pairs.get((before, after), 0) + 1
+    assert set(pairs) == {(i, j) for i in range(count) for j in range(count) if i != j}
+    assert set(pairs.values()) == {1 if count % 2 == 0 else 2}
+
+
+def test_interleaved_rounds_run_in_the_balanced_orders():
+    """The steps run once per round in the round's order (A B, then B A for two), warm-up rounds included,
+    and each step's seconds are its own: a step that sleeps 20 ms reads at least that, one that does
+    nothing reads far less."""
+    calls = []
+
+    def slow() -> None:
+        calls.append("slow")
+        time.sleep(0.02)
+
+    steps = {"slow": slow, "fast": lambda: calls.append("fast"), "third": lambda: calls.append("third")}
+    seconds = benchmark.time_interleaved(steps, 1, 6, torch.device("cpu"))
+    names = list(steps)
+    orders = benchmark.balanced_orders(3)
+    assert calls == [names[index] for round_index in range(7) for index in orders[round_index % len(orders)]]
+    assert [len(values) for values in seconds.values()] == [6, 6, 6]
+    assert min(seconds["slow"]) >= 0.02 and max(seconds["fast"]) < 0.01
 
 
 @pytest.mark.skipif(benchmark.resource is None, reason="no getrusage on this platform: the report has no faults")

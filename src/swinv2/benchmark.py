@@ -1,8 +1,9 @@
 """`swinv2 benchmark`: images/s of this project against Hugging Face transformers' Swinv2, same weights.
 
 For each case (inference or a training step; fp32 or bf16 autocast; a batch size) every implementation
-runs in the same process, interleaved A B A B ... after a warm-up, so that a machine whose load drifts
-slows them alike; the table gives each one's median images/s with the min-max, the median ratio to the
+runs in the same process, interleaved after a warm-up (every implementation once per round, in orders
+that vary so that each follows each of the others equally often: a step inherits the allocator's state
+from the one before it), so that a machine whose load drifts slows them alike; the table gives each one's median images/s with the min-max, the median ratio to the
 first peer, and the achieved GFLOP/s against the machine's matmul peak (torch.mm, and oneDNN's linear
 for fp32 and bf16 on the CPU, the faster of the two; same threads and dtype), which is chosen at the
 start and re-measured in every round as one more step, so that each round's achieved GFLOP/s is divided
@@ -371,14 +372,35 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
+def balanced_orders(count: int) -> list[list[int]]:
+    """Orders of `count` items, one per round, in which each item directly follows each other item equally
+    often over the cycle (a Williams design: `count` orders where `count` is even, twice as many where it
+    is odd): 0 1 n-1 2 n-2 ... and its shifts by 1, 2, ... modulo n, and for odd n their reverses. For two:
+    A B, B A."""
+    first, low, high = [0], 1, count - 1
+    while len(first) < count:
+        first.append(low)
+        low += 1
+        if len(first) < count:
+            first.append(high)
+            high -= 1
+    orders = [[(item + shift) % count for item in first] for shift in range(count)]
+    return orders + [order[::-1] for order in orders] if count % 2 else orders
+
+
 def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats: int,
                      device: torch.device, faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
     """Seconds per step of each implementation: `warmup` untimed rounds, then `repeats` timed rounds,
-    each round running every implementation once in turn (A B A B ...). With `faults`, also each timed
-    step's minor page faults, by implementation."""
+    each round running every implementation once, in the round's order of `balanced_orders`. A step
+    inherits the allocator's state from the one before it (on machine B a model's training step ran 1-4%
+    faster or slower by which model preceded it: docs/performance.md), so no implementation always runs
+    after the same one. With `faults`, also each timed step's minor page faults, by implementation."""
     seconds: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    orders = balanced_orders(len(names))
     for round_index in range(warmup + repeats):
-        for name, step in steps.items():
+        for name in (names[index] for index in orders[round_index % len(orders)]):
+            step = steps[name]
             synchronize(device)
             before, start = minor_page_faults(), time.perf_counter()
             step()
@@ -525,7 +547,7 @@ def run(
     report = Report(
         model=model, config=config.to_dict(), machine=machine(target), flops_per_image=flops,
         peak_gflops={precision: probe.gflops for precision, probe in probes.items()},
-        settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats,
+        settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats, "order": "balanced",
                       "attention_impl": attention_impl, "device": str(target), "threads": torch.get_num_threads(),
                       "peak_kernels": {precision: {name: gflops for name, (gflops, _) in probe.by_kernel.items()}
                                        for precision, probe in probes.items()}},
@@ -650,7 +672,8 @@ def format_report(report: Report) -> str:
                                                  for p, g in report.peak_gflops.items()),
         "FLOPs per image at batch 1: " + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in report.flops_per_image.items())
         + " (larger batches share the position-bias MLPs: a little less per image)",
-        (f"{report.settings['warmup']} warm-up + {report.settings['repeats']} timed rounds, interleaved; "
+        (f"{report.settings['warmup']} warm-up + {report.settings['repeats']} timed rounds, interleaved"
+        + (" in balanced orders" if report.settings.get("order") == "balanced" else "") + "; "
         f"first/this = median over rounds of {report.settings['implementations'][0]}'s images/s over this one's"),
     ]
     per_round = any(r.peak_per_round for r in report.results)
