@@ -1,14 +1,14 @@
 """`swinv2 benchmark`: images/s of this project against Hugging Face transformers' Swinv2, same weights.
 
-For each case (inference or a training step; fp32 or bf16 autocast; a batch size) every implementation
-runs in the same process, interleaved after a warm-up (every implementation once per round, in orders
-that vary so that each follows each of the others equally often: a step inherits the allocator's state
-from the one before it), so that a machine whose load drifts slows them alike; the table gives each one's median images/s with the min-max, the median ratio to the
-first peer, and the achieved GFLOP/s against the machine's matmul peak (torch.mm, and oneDNN's linear
-for fp32 and bf16 on the CPU, the faster of the two; same threads and dtype), which is chosen at the
-start and re-measured in every round as one more step, so that each round's achieved GFLOP/s is divided
-by that round's peak (PeakProbe); where oneDNN's is the faster, torch.mm's, the kernel the issue names,
-is re-measured too and the targets divide by both. FLOPs per image come from
+For each case (inference or a training step; fp32 or bf16 autocast; a batch size) every implementation runs
+in the same process, interleaved after a warm-up (every implementation once per round, in orders that vary
+so that each follows each of the others equally often: a step inherits the allocator's state from the one
+before it), so that a machine whose load drifts slows them alike; the table gives each one's median images/s
+with the min-max, the median ratio to the first peer, and the achieved GFLOP/s against the machine's matmul
+peak (torch.mm, and oneDNN's linear for fp32 and bf16 on the CPU, the faster of the two; same threads and
+dtype), which is chosen at the start and re-measured in every round as one more step, so that each round's
+achieved GFLOP/s is divided by that round's peak (PeakProbe); where oneDNN's is the faster, torch.mm's, the
+kernel the issue names, is re-measured too and the targets divide by both. FLOPs per image come from
 `torch.utils.flop_counter.FlopCounterMode` on the meta device, the counting `swinv2 info` uses (matrix
 products and convolutions, 2 per multiply-add), for the forward pass and, for training, forward plus
 backward. The table also gives each implementation's minor page faults per step, the median over its timed
@@ -547,7 +547,8 @@ def run(
     report = Report(
         model=model, config=config.to_dict(), machine=machine(target), flops_per_image=flops,
         peak_gflops={precision: probe.gflops for precision, probe in probes.items()},
-        settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats, "order": "balanced",
+        settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats,
+                      "order": "balanced",  # of the rounds (balanced_orders); reports before it ran A B A B
                       "attention_impl": attention_impl, "device": str(target), "threads": torch.get_num_threads(),
                       "peak_kernels": {precision: {name: gflops for name, (gflops, _) in probe.by_kernel.items()}
                                        for precision, probe in probes.items()}},
