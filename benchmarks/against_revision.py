@@ -7,13 +7,13 @@
 
 The revision's `src/swinv2` is extracted with `git archive` into a temporary folder and imported under
 another name (the package imports itself relatively), so both models run in the same process, the same
-allocator and the same moments of a noisy machine: the same weights (the revision's model loads this
-one's state dict), the same step as `swinv2 benchmark` (benchmark.make_step), timed in interleaved rounds
-(A B, then B A, ...: benchmark.time_interleaved) after a warm-up. The ratio is the median over rounds of the revision's seconds over this
-checkout's (above 1: this checkout is faster). With --profile, the self CPU time of every operator summed
-over that many profiled steps of each, matrix products apart, and the operators whose time moved most:
-on a machine whose speed drifts by tens of percent between rounds, a few percent of element-wise work
-shows there long before it shows in the step time."""
+allocator and the same moments of a noisy machine: the same weights (the revision's model loads this one's
+state dict), the same step as `swinv2 benchmark` (benchmark.make_step), timed in interleaved rounds (A B,
+then B A, ...: benchmark.time_interleaved) after a warm-up. The ratio is the median over rounds of the
+revision's seconds over this checkout's (above 1: this checkout is faster). With --profile, the self CPU
+time of every operator summed over that many profiled steps of each, matrix products apart, and the
+operators whose time moved most: on a machine whose speed drifts by tens of percent between rounds, a few
+percent of element-wise work shows there long before it shows in the step time."""
 from __future__ import annotations
 
 import argparse

@@ -6,14 +6,15 @@
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483648 \\
         python benchmarks/inference_chunks.py                              # an allocator that keeps freed memory
 
-One model per chunk size, the same weights, fp32 (or bf16 autocast), `torch.no_grad()`, timed in interleaved rounds
-(every size once per round, in balanced orders: benchmark.time_interleaved). Page faults are the process's minor faults (getrusage) over one forward: glibc's
-malloc serves allocations above its mmap threshold (at most 32 MiB by default) with fresh pages from
-the kernel, zeroed on first touch, and returns them when freed; the stage-0 MLP of SwinV2-T at batch 8
-allocates 48 MiB at a time. Chunks of whole images keep every intermediate below the threshold, so its
-memory is reused instead. The GLIBC_TUNABLES line above gives the same effect to any code (e.g. the
-Hugging Face peer in benchmarks/peers.py) without chunks: compare with it to see how much of a
-chunking gain is the allocator. Also checks that every chunk size gives the same logits."""
+One model per chunk size, the same weights, fp32 (or bf16 autocast), `torch.no_grad()`, timed in interleaved
+rounds (every size once per round, in balanced orders: benchmark.time_interleaved). Page faults are the
+process's minor faults (getrusage) over one forward: glibc's malloc serves allocations above its mmap
+threshold (at most 32 MiB by default) with fresh pages from the kernel, zeroed on first touch, and returns
+them when freed; the stage-0 MLP of SwinV2-T at batch 8 allocates 48 MiB at a time. Chunks of whole images
+keep every intermediate below the threshold, so its memory is reused instead. The GLIBC_TUNABLES line above
+gives the same effect to any code (e.g. the Hugging Face peer in benchmarks/peers.py) without chunks:
+compare with it to see how much of a chunking gain is the allocator. Also checks that every chunk size gives
+the same logits."""
 from __future__ import annotations
 
 import argparse

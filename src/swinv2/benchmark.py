@@ -692,11 +692,12 @@ def format_report(report: Report) -> str:
               *(("peak",) if per_round else ()), "of peak", *(("faults/step",) if counted else ()))
     rows = [header]
     for r in report.results:
+        faults = "-" if r.median_page_faults is None else f"{r.median_page_faults:,.0f}"
         rows.append((r.mode, r.precision, str(r.batch_size), r.implementation, f"{r.median:.2f}",
                      f"{r.minimum:.2f}-{r.maximum:.2f}", "-" if r.ratio_to_reference is None
                      else f"{r.ratio_to_reference:.2f}", f"{r.gflops:.0f}",
                      *((f"{r.peak_gflops:.0f}",) if per_round else ()), f"{100 * r.fraction_of_peak:.0f}%",
-                     *((("-" if r.median_page_faults is None else f"{r.median_page_faults:,.0f}"),) if counted else ())))
+                     *((faults,) if counted else ())))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in
