@@ -6,15 +6,20 @@
 
 One process, the recipe's model compiled as the loop compiles it, in the recipe's precision as the loop
 resolves it (bf16 autocast on CPUs with bf16 instructions, else fp32; `--precision` to choose), random
-uint8 images of the recipe's size: the numbers are for comparing shapes on one machine, run back to back."""
+uint8 images of the recipe's size: the numbers are for comparing shapes on one machine, run back to back.
+glibc's malloc keeps freed memory as the loop has it (`run.keep_freed_memory`, on for the CPU by default:
+swinv2.allocator); `run.keep_freed_memory=false` measures glibc's own behaviour, and the minor page faults
+per step (getrusage) show the difference."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import time
 
 import torch
 
+from swinv2.allocator import keep_freed_memory, resolve_keep_freed_memory
 from swinv2.data import DATASET_STATS, TrainAugmentation, soft_target_cross_entropy
 from swinv2.train.config import load_config
 from swinv2.train.loop import build_model
@@ -34,6 +39,8 @@ def main() -> None:
     parser.add_argument("--precision", default=None, help="auto, fp32 or bf16 (default: the recipe's)")
     args = parser.parse_args()
     config = load_config(args.recipe, ["optim.layer_decay=null", *args.overrides])
+    if resolve_keep_freed_memory(config.run.keep_freed_memory, "cpu"):
+        print(keep_freed_memory())
     torch.manual_seed(0)
     channels, classes = config.data.channels, 10
     model = build_model(config, classes, channels)
@@ -69,12 +76,14 @@ def main() -> None:
         step(dict.fromkeys(PARTS, 0.0))
     print(f"warm-up (incl. compilation): {time.perf_counter() - started:.1f} s")
     totals = dict.fromkeys(PARTS, 0.0)
-    started = time.perf_counter()
+    faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     for _ in range(args.steps):
         step(totals)
     seconds = time.perf_counter() - started
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
     parts = ", ".join(f"{part} {totals[part] / args.steps * 1000:.1f}" for part in PARTS)
-    print(f"batch {batch}, {precision}: {parts} ms/step; {args.steps * batch / seconds:.0f} images/s")
+    print(f"batch {batch}, {precision}: {parts} ms/step; {args.steps * batch / seconds:.4g} images/s; "
+          f"{faults:,.0f} minor page faults per step")
 
 
 if __name__ == "__main__":

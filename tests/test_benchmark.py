@@ -3,6 +3,7 @@ fields and the command. Nothing here asserts a speed: timings on a shared machin
 from __future__ import annotations
 
 import json
+import platform
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -157,13 +158,17 @@ def test_benchmark_command_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     status = main(["benchmark", "--img-size", "32", "--window-size", "4", "--batch-size", "1", "--modes", "inference",
                    "--precisions", "fp32", "--implementations", "swinv2", "swinv2-plain", "--repeats", "1",
-                   "--warmup", "0", "--peak-sizes", "128", "--json", str(path)])
+                   "--warmup", "0", "--peak-sizes", "128", "--keep-freed-memory", "--json", str(path)])
     assert status == 0
     values = json.loads(path.read_text())
     assert [r["implementation"] for r in values["results"]] == ["swinv2", "swinv2-plain"]
     assert values["flops_per_image"]["inference"] > 0
     printed = capsys.readouterr().out
     assert "swinv2-plain" in printed
+    # The allocator moves every peer's speed (page faults), so the report says how it was set.
+    allocator = values["settings"]["allocator"]
+    assert f"allocator: {allocator}\n" in printed
+    assert ("keeping freed memory" in allocator) == (platform.libc_ver()[0] == "glibc")
     # --show prints the saved report as the measuring run printed it, measuring nothing.
     assert main(["benchmark", "--show", str(path)]) == 0
     assert capsys.readouterr().out == printed

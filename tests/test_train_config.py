@@ -66,6 +66,7 @@ run:
         (["run.batch_size=2.5"], r"run\.batch_size must be an integer"),
         (["optim.betas=[0.9]"], r"optim\.betas must be a list of 2 numbers"),
         (["run.compile=maybe"], r"run\.compile must be true or false"),
+        (["run.keep_freed_memory=sometimes"], r"run\.keep_freed_memory must be true or false or null"),
         (["run.device=gpu"], r"run\.device must be auto, cpu, cuda or cuda:N"),
         (["run.precision=fp8"], r"run\.precision must be one of auto, fp32, bf16, fp16"),
         (["data.dataset=cifar"], r"data\.dataset must be one of"),

@@ -56,6 +56,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import allocator
 from .errors import InputError, SwinV2Error
 from .models import SwinTransformerV2, create_model
 from .models.linear import LINEAR_IMPLEMENTATIONS, cpu_description, onednn_available, onednn_linear
@@ -523,8 +524,12 @@ def run(
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     peak_sizes: Sequence[int] = (1024, 2048),
+    keep_freed_memory: bool = False,
 ) -> Report:
-    """Measure every (mode, precision, batch size) case for every implementation; see the module doc."""
+    """Measure every (mode, precision, batch size) case for every implementation; see the module doc.
+
+    `keep_freed_memory`: glibc's malloc told to keep freed memory first (swinv2.allocator), for every peer:
+    the process then takes no page faults for memory it has used before."""
     check_choices(implementations, IMPLEMENTATIONS, "implementation")
     check_choices(modes, MODES, "mode")
     check_choices(precisions, PRECISIONS, "precision")
@@ -532,6 +537,8 @@ def run(
         raise InputError("warm-up must be >= 0, repeats and batch sizes >= 1")
     if threads is not None:
         torch.set_num_threads(threads)
+    if keep_freed_memory:
+        allocator.keep_freed_memory()
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available to torch")
@@ -550,6 +557,7 @@ def run(
         settings={"implementations": list(implementations), "warmup": warmup, "repeats": repeats,
                       "order": "balanced",  # of the rounds (balanced_orders); reports before it ran A B A B
                       "attention_impl": attention_impl, "device": str(target), "threads": torch.get_num_threads(),
+                      "allocator": allocator.allocator_state(),
                       "peak_kernels": {precision: {name: gflops for name, (gflops, _) in probe.by_kernel.items()}
                                        for precision, probe in probes.items()}},
     )
@@ -677,6 +685,8 @@ def format_report(report: Report) -> str:
         + (" in balanced orders" if report.settings.get("order") == "balanced" else "") + "; "
         f"first/this = median over rounds of {report.settings['implementations'][0]}'s images/s over this one's"),
     ]
+    if "allocator" in report.settings:  # reports before 2026-12-04 did not record it
+        lines.append(f"allocator: {report.settings['allocator']}")
     per_round = any(r.peak_per_round for r in report.results)
     if per_round:
         lines.append("the peak re-measured in every round with the implementations (peak: the case's median); "
@@ -743,6 +753,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default torch's)")
     parser.add_argument("--peak-sizes", type=int, nargs="+", default=[1024, 2048], metavar="N",
                         help="square matrix sizes of the matmul peak (default 1024 2048)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc's malloc keeps freed memory for every peer: no page faults for memory used "
+                             "before (swinv2.allocator; default glibc's own behaviour, or GLIBC_TUNABLES')")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     parser.add_argument("--show", metavar="PATH", help="measure nothing: print the report that --json wrote to "
                                                        "PATH, with its targets and ceilings")
@@ -783,7 +796,8 @@ def run_from_args(args: argparse.Namespace, progress: Callable[[str], None] | No
     report = run(model=args.model, overrides=overrides, implementations=args.implementations, modes=args.modes,
                  precisions=precisions, batch_sizes=args.batch_sizes, train_batch_sizes=args.train_batch_sizes,
                  warmup=args.warmup, repeats=args.repeats, attention_impl=args.attention_impl, device=args.device,
-                 threads=args.threads, progress=progress, peak_sizes=args.peak_sizes)
+                 threads=args.threads, progress=progress, peak_sizes=args.peak_sizes,
+                 keep_freed_memory=args.keep_freed_memory)
     print(report.format())
     if args.json:
         with open(args.json, "w") as file:

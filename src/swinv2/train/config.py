@@ -291,6 +291,9 @@ class RunSection(Section):
     # a long run split into jobs of limited time, each started with --resume.
     stop_after_steps: int | None = None
     distributed: str = "ddp"  # under torchrun: ddp (whole model per process) or fsdp (sharded, ZeRO-3)
+    # glibc's malloc keeps the memory a step frees for the next one instead of returning it to the kernel
+    # (swinv2.allocator): null, on where the run trains on the CPU; true or false to choose.
+    keep_freed_memory: bool | None = None
 
     def check(self) -> None:
         self.require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from ..allocator import keep_freed_memory, resolve_keep_freed_memory
 from ..checkpoints import load_pretrained
 from ..data import (
     DATASET_STATS,
@@ -85,7 +86,8 @@ from .schedule import WarmupCosineSchedule
 # the trained numbers; every other field must match the checkpoint's.
 RESUME_FREE_FIELDS = frozenset((
     "run.name", "run.output_dir", "run.log_every", "run.eval_every", "run.eval_batch_size", "run.checkpoint_every",
-    "run.keep_last", "run.resume", "run.stop_after_steps", "run.distributed", "data.num_workers",
+    "run.keep_last", "run.resume", "run.stop_after_steps", "run.distributed", "run.keep_freed_memory",
+    "data.num_workers",
     "model.init_from",  # the weights come from the checkpoint
 ))
 
@@ -344,6 +346,8 @@ def train_process(config: Config, task_class: type[Task], progress: bool | None,
     progress = (sys.stderr.isatty() if progress is None else progress) and main
     precision = resolve_precision(config.run.precision, device)
     run = config.run
+    if resolve_keep_freed_memory(run.keep_freed_memory, device.type):
+        say(keep_freed_memory())  # before the first tensor: every allocation from here on is kept for reuse
     if run.distributed == "fsdp" and run.ema_decay and distributed.enabled:
         raise ConfigError("run.ema_decay with run.distributed=fsdp: the EMA would hold a whole unsharded copy of the "
                           "model on every process; use run.distributed=ddp or run.ema_decay=null")
