@@ -9,9 +9,9 @@ ran 1.06-1.34x as fast without them (docs/performance.md, item 25).
 
 `keep_freed_memory()` raises both thresholds (`mallopt`), for the whole process and for the processes it
 forks afterwards (data-loader workers). The cost: the process keeps its peak memory until it exits, which
-a training loop reaches again in every step anyway, and its heap can first grow by a few of its largest blocks
-before every one is served from freed memory (tests/test_allocator.py). It changes no numerical result. On a C library other
-than glibc (macOS, musl) it does nothing and says so.
+a training loop reaches again in every step anyway, and its heap can first grow by a few of its largest
+blocks before every one is served from freed memory (tests/test_allocator.py). It changes no numerical
+result. On a C library other than glibc (macOS, musl) it does nothing and says so.
 
 It is a process-wide setting, so the models never make it: a training run does, when it trains on the CPU
 (`swinv2 train`, `swinv2 pretrain` or `swinv2.train.train`; `run.keep_freed_memory=false` leaves the allocator
@@ -45,15 +45,17 @@ def keep_freed_memory() -> str:
         return _applied
     library, _version = platform.libc_ver()
     if library != "glibc":
-        return f"the allocator is left as it is: keep_freed_memory needs glibc, this is {library or 'another C library'}"
+        return ("the allocator is left as it is: keep_freed_memory needs glibc, this is "
+                f"{library or 'another C library'}")
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     threshold = MMAP_THRESHOLD if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) else MMAP_THRESHOLD_CAPPED
     if threshold == MMAP_THRESHOLD_CAPPED:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CAPPED)
     libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    _applied = (f"glibc's malloc keeps freed memory (mmap threshold {threshold >> 20} MiB, trim threshold "
-                f"{TRIM_THRESHOLD >> 20} MiB): no fresh pages in every step; the process keeps its peak memory")
+    _applied = (f"glibc's malloc keeps freed memory for reuse (mmap threshold {threshold >> 20} MiB, trim threshold "
+                f"{TRIM_THRESHOLD >> 20} MiB): the process keeps its peak memory; in a training run "
+                f"run.keep_freed_memory=false leaves glibc as it is")
     return _applied
 
 
