@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import time
 
 import torch
 
 from swinv2.allocator import keep_freed_memory, resolve_keep_freed_memory
+from swinv2.benchmark import minor_page_faults
 from swinv2.data import DATASET_STATS, TrainAugmentation, soft_target_cross_entropy
 from swinv2.train.config import load_config
 from swinv2.train.loop import build_model
@@ -76,11 +76,11 @@ def main() -> None:
         step(dict.fromkeys(PARTS, 0.0))
     print(f"warm-up (incl. compilation): {time.perf_counter() - started:.1f} s")
     totals = dict.fromkeys(PARTS, 0.0)
-    faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    faults, started = minor_page_faults(), time.perf_counter()
     for _ in range(args.steps):
         step(totals)
     seconds = time.perf_counter() - started
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
+    faults = (minor_page_faults() - faults) / args.steps
     parts = ", ".join(f"{part} {totals[part] / args.steps * 1000:.1f}" for part in PARTS)
     print(f"batch {batch}, {precision}: {parts} ms/step; {args.steps * batch / seconds:.4g} images/s; "
           f"{faults:,.0f} minor page faults per step")

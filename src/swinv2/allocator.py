@@ -49,9 +49,10 @@ def keep_freed_memory() -> str:
                 f"{library or 'another C library'}")
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    threshold = MMAP_THRESHOLD if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) else MMAP_THRESHOLD_CAPPED
-    if threshold == MMAP_THRESHOLD_CAPPED:
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CAPPED)
+    threshold = MMAP_THRESHOLD
+    if not libc.mallopt(M_MMAP_THRESHOLD, threshold):  # refused above the cap: take the cap
+        threshold = MMAP_THRESHOLD_CAPPED
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
     libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     _applied = (f"glibc's malloc keeps freed memory for reuse (mmap threshold {threshold >> 20} MiB, trim threshold "
                 f"{TRIM_THRESHOLD >> 20} MiB): the process keeps its peak memory; in a training run "

@@ -347,7 +347,7 @@ def train_process(config: Config, task_class: type[Task], progress: bool | None,
     precision = resolve_precision(config.run.precision, device)
     run = config.run
     if resolve_keep_freed_memory(run.keep_freed_memory, device.type):
-        say(keep_freed_memory())  # before the first tensor: every allocation from here on is kept for reuse
+        say(keep_freed_memory())  # before the model and the data: what they allocate is kept for reuse
     if run.distributed == "fsdp" and run.ema_decay and distributed.enabled:
         raise ConfigError("run.ema_decay with run.distributed=fsdp: the EMA would hold a whole unsharded copy of the "
                           "model on every process; use run.distributed=ddp or run.ema_decay=null")
