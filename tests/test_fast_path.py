@@ -416,12 +416,15 @@ def test_torch_compile_fullgraph_of_the_sdpa_path(tiny_config):
 
 @pytest.mark.slow
 def test_torch_compile_fullgraph_training_gradients_match_eager(tiny_config):
-    """Training compiled as one graph, ScaledUnitVectors' hand-written backward included, gives the
-    gradients autograd gives the plain model eagerly, with drop path off so both compute one function."""
+    """Training compiled as one graph, ScaledUnitVectors' hand-written backward and the linear layers'
+    oneDNN operator (models/linear.py, where this PyTorch has oneDNN) included, gives the gradients autograd
+    gives the plain model with F.linear eagerly, with drop path off so both compute one function."""
     # Two stages (a shifted block in the first) keep the compilation of forward and backward short.
-    small = tiny_config.replace(depths=(2, 1), num_heads=(1, 2), attention_impl="plain", drop_path_rate=0.0)
+    small = tiny_config.replace(depths=(2, 1), num_heads=(1, 2), attention_impl="plain", drop_path_rate=0.0,
+                                linear_impl="aten")
     plain = randomize_(SwinTransformerV2(small)).train()
-    model = SwinTransformerV2(plain.config.replace(attention_impl="auto"))
+    model = SwinTransformerV2(plain.config.replace(attention_impl="auto",
+                                                   linear_impl="onednn" if onednn_available() else "aten"))
     model.load_state_dict(plain.state_dict())
     torch._dynamo.reset()
     compiled = torch.compile(model.train(), fullgraph=True)

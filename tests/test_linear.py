@@ -96,14 +96,11 @@ def test_onednn_is_used_for_fp32_cpu_eager_only():
     ("", "AVX512", False),
 ])
 def test_auto_picks_onednn_on_amd_avx512_only(monkeypatch, vendor, capability, expected):
-    linear_module.cpu_prefers_onednn.cache_clear()
+    monkeypatch.setattr(linear_module, "_prefers_onednn", [])  # the answer is asked again, then restored
     monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    try:
-        assert linear_module.cpu_prefers_onednn() is expected
-        assert uses_onednn(torch.randn(2, 4), torch.randn(4, 4), "auto") is expected
-    finally:
-        linear_module.cpu_prefers_onednn.cache_clear()
+    assert linear_module.cpu_prefers_onednn() is expected
+    assert uses_onednn(torch.randn(2, 4), torch.randn(4, 4), "auto") is expected
 
 
 @pytest.mark.parametrize("mode", ["inference", "bf16 inference", "training"])
@@ -222,3 +219,77 @@ def test_bf16_inference_is_the_product_of_the_rounded_operands_from_a_weight_kep
     with torch.no_grad():
         fresh(x)
     assert not fresh.bf16_cache.filled
+
+
+def test_the_gradient_of_the_input_gradient_is_f_linears():
+    """The operator's backward is made of operators that have gradients (itself and torch.mm), so a loss on
+    a gradient (a gradient penalty) is differentiated again, as through F.linear."""
+    torch.manual_seed(7)
+    x = torch.randn(9, 24, requires_grad=True)
+    weight, bias = torch.randn(16, 24, requires_grad=True), torch.randn(16, requires_grad=True)
+    upstream = torch.randn(9, 16)
+
+    def second_gradient(function):
+        (grad_x,) = torch.autograd.grad((function(x, weight, bias) * upstream).sum(), x, create_graph=True)
+        return torch.autograd.grad(grad_x.square().sum(), weight)[0]
+
+    torch.testing.assert_close(second_gradient(lambda *t: linear(*t, impl="onednn")), second_gradient(F.linear),
+                               rtol=1e-5, atol=1e-4)
+
+
+def compiled_with_graphs(function):
+    """`function` under torch.compile, and the list its forward and backward graphs (torch.fx, as AOTAutograd
+    hands them to a compiler) are appended to, in that order, when it first runs."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def keep(graph, example_inputs):
+        graphs.append(graph)
+        return make_boxed_func(graph.forward)
+
+    torch._dynamo.reset()
+    return torch.compile(function, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True), graphs
+
+
+def operators(graph) -> set[str]:
+    return {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+
+
+def test_compiled_training_keeps_the_onednn_operator_and_compiled_inference_takes_f_linear():
+    """Under torch.compile the product goes through `swinv2::onednn_linear` where the graph records its
+    gradient (training): the forward graph calls it, the backward calls it for the input's gradient and
+    torch.mm for the weight's, and the gradients are F.linear's. A graph without gradients (inference,
+    which inductor's freezing packs for its own kernel) and torch.export (standard operators, for ONNX)
+    keep F.linear."""
+    torch.manual_seed(6)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    weight, bias = torch.randn(40, 24, requires_grad=True), torch.randn(40, requires_grad=True)
+    compiled, graphs = compiled_with_graphs(lambda *t: F.gelu(linear(*t, impl="onednn")))
+    got, got_grads = gradients(compiled, x, weight, bias)
+    expected, expected_grads = gradients(lambda *t: F.gelu(F.linear(*t)), x, weight, bias)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    forward, backward = graphs
+    assert "swinv2.onednn_linear.default" in operators(forward)
+    assert {"swinv2.onednn_linear.default", "aten.mm.default"} <= operators(backward)
+
+    layer = Linear(24, 40)
+    layer.impl = "onednn"
+    compiled, graphs = compiled_with_graphs(lambda t: layer(t))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    assert not any("swinv2" in name for graph in graphs for name in operators(graph))
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, t):
+            return self.layer(t)
+
+    exported = torch.export.export(Wrapper(), (x,))
+    assert not any("swinv2" in name for name in operators(exported.graph_module))

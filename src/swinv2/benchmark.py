@@ -418,7 +418,9 @@ MATRIX_PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torc
                    torch.ops.aten.addmm.out,  # the chunked MLP's weight gradients (models/mlp.py)
                    torch.ops.aten.baddbmm.default, torch.ops.aten.convolution.default,
                    torch.ops.aten.convolution_backward.default,
-                   # linear_impl "onednn" (models/linear.py), where this PyTorch has it
+                   # linear_impl "onednn" (models/linear.py): its operator with a gradient, and the
+                   # kernel itself without autograd, where this PyTorch has it
+                   torch.ops.swinv2.onednn_linear.default,
                    *((torch.ops.mkldnn._linear_pointwise.default,) if onednn_available() else ()))
 
 

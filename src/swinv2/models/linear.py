@@ -9,12 +9,19 @@ measured the same. Same function either way: both accumulate in fp32 (tests comp
 forward and gradients).
 
     linear_impl "aten"    F.linear, everywhere
-                "onednn"  oneDNN for fp32 CPU tensors outside autocast and torch.compile, and for inference
-                          (no autograd) under the CPU's bf16 autocast from a bf16 copy of the weight, packed
-                          in oneDNN's layout, that the layer keeps while the weight does not change;
-                          F.linear for the rest (CUDA,
-                          bf16 training, the meta device, compiled graphs, whose kernels inductor picks)
+                "onednn"  oneDNN for fp32 CPU tensors outside autocast (under torch.compile in graphs that
+                          record gradients only, below), and for eager inference (no autograd) under the
+                          CPU's bf16 autocast from a bf16 copy of the weight, packed in oneDNN's layout, that
+                          the layer keeps while the weight does not change; F.linear for the rest (CUDA, bf16
+                          training, the meta device, compiled inference and torch.export, whose kernels
+                          inductor or the exporter pick)
                 "auto"    "onednn" on AMD CPUs with AVX-512, where it measured faster; "aten" elsewhere
+
+With autograd the product is an operator of its own, `swinv2::onednn_linear` (a torch.library custom op
+with its gradient), which torch.compile keeps as one node and calls as it is: inductor has no lowering of
+oneDNN's linear for weights that change, and compiled training with F.linear ran MKL's products at their
+AVX2 speed on the Zen 4, where the op made the compiled step 1.10-1.12x faster (docs/performance.md, item 26).
+Compiled inference keeps F.linear: inductor's freezing packs those weights for MKL (benchmark.Frozen).
 
 In bf16 inference F.linear's product is oneDNN's too, but autocast casts every weight to bf16 in every
 forward pass and `addmm` writes the bias into its output in a pass of its own: from the kept copy,
@@ -31,7 +38,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.utils import flop_counter
 
 from .cache import TensorCache
@@ -85,30 +91,51 @@ def cpu_description() -> str:
     return f"{fields['vendor_id']} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
 
 
-@functools.cache
+# cpu_prefers_onednn's answer once known. A plain module global, not functools.cache, whose wrapper
+# torch.compile cannot trace through (it would break the graph in every compiled linear layer); it reads
+# this list as a constant, and the import fills it, so that a graph traced first finds it filled.
+_prefers_onednn: list[bool] = []
+
+
 def cpu_prefers_onednn() -> bool:
     """The "auto" rule: oneDNN on AMD CPUs with AVX-512, where MKL ran at its AVX2 speed."""
-    return (onednn_available() and cpu_vendor() == "AuthenticAMD"
-            and torch.backends.cpu.get_cpu_capability() == "AVX512")
+    if not _prefers_onednn:
+        _prefers_onednn.append(onednn_available() and cpu_vendor() == "AuthenticAMD"
+                               and torch.backends.cpu.get_cpu_capability() == "AVX512")
+    return _prefers_onednn[0]
+
+
+cpu_prefers_onednn()
 
 
 def selects_onednn(impl: str) -> bool:
-    """Whether `impl` asks for oneDNN's kernel on this CPU. Never under torch.compile: inductor's own choice
-    there (it lowers oneDNN's linear only for frozen weights)."""
-    return not torch.compiler.is_compiling() and (impl == "onednn" or (impl == "auto" and cpu_prefers_onednn()))
+    """Whether `impl` asks for oneDNN's kernel on this CPU."""
+    return impl == "onednn" or (impl == "auto" and cpu_prefers_onednn())
 
 
-def uses_onednn(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
-    """Whether `linear` takes oneDNN's fp32 kernel for this call."""
-    return (selects_onednn(impl) and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+def records_gradient(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records a product of these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, impl: str, bias: torch.Tensor | None = None) -> bool:
+    """Whether `linear` takes oneDNN's fp32 kernel for this call. Under torch.compile only where the graph
+    records the product's gradient (compiled training, module docstring), and never for torch.export, whose
+    graphs should hold standard operators (ONNX)."""
+    if not (selects_onednn(impl) and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")):
+        return False
+    if not torch.compiler.is_compiling():
+        return True
+    return not torch.compiler.is_exporting() and records_gradient(x, weight, bias)
 
 
 def uses_onednn_bf16_inference(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
-    """Whether `Linear` computes this call from its kept bf16 weight: inference under the CPU's bf16
+    """Whether `Linear` computes this call from its kept bf16 weight: eager inference under the CPU's bf16
     autocast, where autocast would cast the fp32 weight itself, in every call."""
-    return (selects_onednn(impl) and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return (selects_onednn(impl) and not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and weight.dtype == torch.float32 and x.dtype in (torch.float32, torch.bfloat16))
 
 
@@ -117,40 +144,48 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], None)
 
 
-class OneDnnLinear(torch.autograd.Function):
-    """onednn_linear of (tokens, in) with its gradient: dx = g W through oneDNN as well, dW = g^T x through
-    torch.mm (a product over all tokens, which oneDNN would take only after copying both operands
-    transposed: measured slower) and db = sum of g over tokens."""
+def _fake_onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return onednn_linear(x, weight, bias)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None  # x (tokens, in), grad (tokens, out)
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(grad, weight.t(), None)
-        if ctx.needs_input_grad[1]:
-            grad_weight = grad.t().mm(x)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(0)
-        return grad_x, grad_weight, grad_bias
+def _save_inputs(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _gradients(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """x (tokens, in), grad (tokens, out): dx = g W through oneDNN as well (the weight as a transposed view),
+    dW = g^T x through torch.mm (a product over all tokens, which oneDNN would take only after copying an
+    operand transposed: measured slower, docs/performance.md, item 18) and db = sum of g over tokens.
+    Written in operators that have gradients themselves, so a backward can be differentiated again."""
+    x, weight = ctx.saved_tensors
+    needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+    grad_x = torch.ops.swinv2.onednn_linear(grad, weight.t(), None) if needs_x else None
+    grad_weight = grad.t().mm(x) if needs_weight else None
+    grad_bias = grad.sum(0) if ctx.has_bias and needs_bias else None
+    return grad_x, grad_weight, grad_bias
+
+
+# `torch.ops.swinv2.onednn_linear(x, weight, bias)`: onednn_linear of (tokens, in) as an operator with a
+# gradient, which autograd records and torch.compile keeps whole. Defined once per process: a second copy
+# of this module (benchmarks/against_revision.py imports another revision's) takes the first one's.
+if not hasattr(torch.ops.swinv2, "onednn_linear"):
+    _operator = torch.library.custom_op("swinv2::onednn_linear", onednn_linear, mutates_args=(),
+                                        schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+    _operator.register_fake(_fake_onednn_linear)
+    _operator.register_autograd(_gradients, setup_context=_save_inputs)
+    flop_counter.register_flop_formula(torch.ops.swinv2.onednn_linear)(onednn_linear_flops)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
     """F.linear(x, weight, bias), through oneDNN where `impl` selects it for this call (module docstring)."""
-    if not uses_onednn(x, weight, impl):
+    if not uses_onednn(x, weight, impl, bias):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if records_gradient(x, weight, bias):
         # On (tokens, in): the kernel returns an N-D result as a view of its 2-D one, and a custom
-        # Function's output must not be a view (an in-place op on it, ReLU's, would bypass the backward).
-        y = OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+        # operator's output must not be a view (an in-place op on it, ReLU's, would bypass the backward).
+        y = torch.ops.swinv2.onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias)
         return y.view(*x.shape[:-1], y.shape[-1])
     return onednn_linear(x, weight, bias)
 
