@@ -4,6 +4,7 @@
     python benchmarks/against_revision.py --revision HEAD~1                 # training step, batch 8, fp32
     python benchmarks/against_revision.py --revision 1a4853b --mode inference --batch-size 1 8
     python benchmarks/against_revision.py --revision HEAD~1 --profile 3     # + torch.profiler, 3 steps each
+    python benchmarks/against_revision.py --revision HEAD~1 --compile --warmup 3   # both under torch.compile
 
 The revision's `src/swinv2` is extracted with `git archive` into a temporary folder and imported under
 another name (the package imports itself relatively), so both models run in the same process, the same
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile STEPS steps of each (interleaved) and compare operators")
     parser.add_argument("--rows", type=int, default=12)
+    parser.add_argument("--compile", action="store_true",
+                        help="both models under torch.compile (they compile in the first warm-up round)")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
@@ -78,6 +81,8 @@ def main() -> None:
         theirs.load_state_dict(ours.state_dict())
         name = f"at {args.revision}"
         config = ours.config
+        if args.compile:
+            ours, theirs = torch.compile(ours), torch.compile(theirs)
         for batch in args.batch_size:
             images = torch.randn(batch, config.in_chans, *config.img_size)
             labels = torch.randint(0, config.num_classes, (batch,))
@@ -85,7 +90,8 @@ def main() -> None:
                      "this checkout": make_step(ours, args.mode, args.precision, images, labels)}
             seconds = time_interleaved(steps, args.warmup, args.repeats, torch.device("cpu"))
             ratios = [a / b for a, b in zip(seconds[name], seconds["this checkout"])]
-            print(f"{args.model} {args.mode} {args.precision} batch {batch}, {args.repeats} rounds: "
+            print(f"{args.model}{' compiled' if args.compile else ''} {args.mode} {args.precision} batch {batch}, "
+                  f"{args.repeats} rounds: "
                   + ", ".join(f"{key} {statistics.median(values):.3f} s" for key, values in seconds.items())
                   + f"; {name} / this checkout {statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})")
             if not args.profile:

@@ -257,12 +257,12 @@ def operators(graph) -> set[str]:
     return {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
 
 
-def test_compiled_training_keeps_the_onednn_operator_and_compiled_inference_takes_f_linear():
-    """Under torch.compile the product goes through `swinv2::onednn_linear` where the graph records its
-    gradient (training): the forward graph calls it, the backward calls it for the input's gradient and
-    torch.mm for the weight's, and the gradients are F.linear's. A graph without gradients (inference,
-    which inductor's freezing packs for its own kernel) and torch.export (standard operators, for ONNX)
-    keep F.linear."""
+def test_compiled_graphs_keep_the_onednn_operator_and_frozen_and_exported_ones_take_f_linear():
+    """Under torch.compile the product goes through `swinv2::onednn_linear`: in training the forward graph
+    calls it, the backward calls it for the input's gradient and torch.mm for the weight's, and the
+    gradients are F.linear's; an inference graph calls it too. A graph traced for inductor's freezing (which
+    packs F.linear's weights for its own kernel) and torch.export's (standard operators, for ONNX) hold
+    F.linear instead."""
     torch.manual_seed(6)
     x = torch.randn(3, 5, 24, requires_grad=True)
     weight, bias = torch.randn(40, 24, requires_grad=True), torch.randn(40, requires_grad=True)
@@ -276,12 +276,16 @@ def test_compiled_training_keeps_the_onednn_operator_and_compiled_inference_take
     assert "swinv2.onednn_linear.default" in operators(forward)
     assert {"swinv2.onednn_linear.default", "aten.mm.default"} <= operators(backward)
 
+    from torch._inductor import config as inductor_config
+
     layer = Linear(24, 40)
     layer.impl = "onednn"
-    compiled, graphs = compiled_with_graphs(lambda t: layer(t))
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
-    assert not any("swinv2" in name for graph in graphs for name in operators(graph))
+    for freezing in (False, True):
+        compiled, graphs = compiled_with_graphs(lambda t: layer(t))
+        with torch.no_grad(), inductor_config.patch(freezing=freezing):
+            torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        (graph,) = graphs
+        assert ("swinv2.onednn_linear.default" in operators(graph)) is not freezing, freezing
 
     class Wrapper(torch.nn.Module):
         def __init__(self) -> None:

@@ -9,19 +9,20 @@ measured the same. Same function either way: both accumulate in fp32 (tests comp
 forward and gradients).
 
     linear_impl "aten"    F.linear, everywhere
-                "onednn"  oneDNN for fp32 CPU tensors outside autocast (under torch.compile in graphs that
-                          record gradients only, below), and for eager inference (no autograd) under the
-                          CPU's bf16 autocast from a bf16 copy of the weight, packed in oneDNN's layout, that
-                          the layer keeps while the weight does not change; F.linear for the rest (CUDA, bf16
-                          training, the meta device, compiled inference and torch.export, whose kernels
-                          inductor or the exporter pick)
+                "onednn"  oneDNN for fp32 CPU tensors outside autocast (also under torch.compile, below),
+                          and for eager inference (no autograd) under the CPU's bf16 autocast from a bf16
+                          copy of the weight, packed in oneDNN's layout, that the layer keeps while the weight
+                          does not change; F.linear for the rest (CUDA, bf16 training, the meta device,
+                          graphs traced for inductor's freezing or for torch.export)
                 "auto"    "onednn" on AMD CPUs with AVX-512, where it measured faster; "aten" elsewhere
 
-With autograd the product is an operator of its own, `swinv2::onednn_linear` (a torch.library custom op
-with its gradient), which torch.compile keeps as one node and calls as it is: inductor has no lowering of
-oneDNN's linear for weights that change, and compiled training with F.linear ran MKL's products at their
-AVX2 speed on the Zen 4, where the op made the compiled step 1.10-1.12x faster (docs/performance.md, item 26).
-Compiled inference keeps F.linear: inductor's freezing packs those weights for MKL (benchmark.Frozen).
+With autograd, and under torch.compile, the product is an operator of its own, `swinv2::onednn_linear` (a
+torch.library custom op with its gradient), which torch.compile keeps as one node and calls as it is:
+inductor has no lowering of oneDNN's linear for weights that change, and compiled graphs with F.linear ran
+MKL's products at their AVX2 speed on the Zen 4: with the op the compiled training step there ran at
+1.14-1.17x the eager one, against 1.02x before (docs/performance.md, item 26). Graphs traced for inductor's
+freezing keep F.linear, whose weights freezing packs for MKL (benchmark.Frozen), and so do torch.export's,
+which should hold standard operators (ONNX).
 
 In bf16 inference F.linear's product is oneDNN's too, but autocast casts every weight to bf16 in every
 forward pass and `addmm` writes the bias into its output in a pass of its own: from the kept copy,
@@ -118,16 +119,22 @@ def records_gradient(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def uses_onednn(x: torch.Tensor, weight: torch.Tensor, impl: str, bias: torch.Tensor | None = None) -> bool:
-    """Whether `linear` takes oneDNN's fp32 kernel for this call. Under torch.compile only where the graph
-    records the product's gradient (compiled training, module docstring), and never for torch.export, whose
-    graphs should hold standard operators (ONNX)."""
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
+    """Whether `linear` takes oneDNN's fp32 kernel for this call. Under torch.compile not while it traces
+    for inductor's freezing or for torch.export (module docstring)."""
     if not (selects_onednn(impl) and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")):
         return False
-    if not torch.compiler.is_compiling():
-        return True
-    return not torch.compiler.is_exporting() and records_gradient(x, weight, bias)
+    return not torch.compiler.is_compiling() or not (torch.compiler.is_exporting() or traces_for_freezing())
+
+
+def traces_for_freezing() -> bool:
+    """Whether torch.compile traces a graph whose weights inductor will freeze: Dynamo reads the global flag
+    while it traces (benchmark.Frozen). Imported here, not at the top: torch.compile has imported inductor's
+    configuration by then, and `import swinv2` should not (a second)."""
+    from torch._inductor import config
+
+    return config.freezing
 
 
 def uses_onednn_bf16_inference(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
@@ -180,11 +187,12 @@ if not hasattr(torch.ops.swinv2, "onednn_linear"):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
     """F.linear(x, weight, bias), through oneDNN where `impl` selects it for this call (module docstring)."""
-    if not uses_onednn(x, weight, impl, bias):
+    if not uses_onednn(x, weight, impl):
         return F.linear(x, weight, bias)
-    if records_gradient(x, weight, bias):
-        # On (tokens, in): the kernel returns an N-D result as a view of its 2-D one, and a custom
-        # operator's output must not be a view (an in-place op on it, ReLU's, would bypass the backward).
+    if records_gradient(x, weight, bias) or torch.compiler.is_compiling():
+        # The operator, which a compiled graph calls as it is. On (tokens, in): the kernel returns an N-D
+        # result as a view of its 2-D one, and a custom operator's output must not be a view (an in-place op
+        # on it, ReLU's, would bypass the backward).
         y = torch.ops.swinv2.onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias)
         return y.view(*x.shape[:-1], y.shape[-1])
     return onednn_linear(x, weight, bias)
