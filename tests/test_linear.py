@@ -77,7 +77,7 @@ def test_onednn_output_can_be_modified_in_place_under_autograd():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_onednn_is_used_for_fp32_cpu_eager_only():
+def test_onednn_is_used_for_fp32_cpu_outside_autocast():
     weight = torch.randn(4, 4)
     assert uses_onednn(torch.randn(2, 4), weight, "onednn")
     assert not uses_onednn(torch.randn(2, 4), weight, "aten")

@@ -156,9 +156,8 @@ def _fake_onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
 
 def _save_inputs(ctx, inputs, output) -> None:
-    x, weight, bias = inputs
+    x, weight, _bias = inputs
     ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
 
 
 def _gradients(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -167,10 +166,10 @@ def _gradients(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     operand transposed: measured slower, docs/performance.md, item 18) and db = sum of g over tokens.
     Written in operators that have gradients themselves, so a backward can be differentiated again."""
     x, weight = ctx.saved_tensors
-    needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+    needs_x, needs_weight, needs_bias = ctx.needs_input_grad  # needs_bias is False where bias is None
     grad_x = torch.ops.swinv2.onednn_linear(grad, weight.t(), None) if needs_x else None
     grad_weight = grad.t().mm(x) if needs_weight else None
-    grad_bias = grad.sum(0) if ctx.has_bias and needs_bias else None
+    grad_bias = grad.sum(0) if needs_bias else None
     return grad_x, grad_weight, grad_bias
 
 
