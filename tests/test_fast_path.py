@@ -83,18 +83,36 @@ def test_sdpa_equals_plain_in_float64_to_rounding():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-12, atol=1e-12)
 
 
-def test_auto_uses_sdpa_for_cpu_fp32_inference_and_plain_for_cpu_training_and_bf16(tiny_config):
+def test_auto_uses_sdpa_for_cpu_fp32_inference_on_windows_over_64_tokens_and_plain_otherwise(tiny_config):
     attention = SwinTransformerV2(tiny_config).layers[0].blocks[1].attn
     assert attention.attention_impl == "auto"
-    x = torch.zeros(2, 16, tiny_config.embed_dim)
+    x = torch.zeros(2, 144, tiny_config.embed_dim)  # windows of 12x12 tokens
     with torch.no_grad():
         assert attention.use_sdpa(x)
+        assert not attention.use_sdpa(x[:, :64])  # 8x8 and smaller: the plain path measured faster
     assert not attention.use_sdpa(x)  # grad enabled, the bias needs its gradient
     attention.cpb_mlp.requires_grad_(False)
     assert attention.use_sdpa(x)  # frozen CPB MLP: the mask needs no gradient
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert not attention.use_sdpa(x)  # bf16 on the CPU: the plain path measured faster
     assert not attention.use_sdpa(x.to("meta"))  # FLOP counting on meta runs the reference
+
+
+@pytest.mark.parametrize("windows,num_masks", [(6, 1), (6, 6), (6, 3)])
+def test_inference_logits_written_in_place_equal_softmax_of_the_sum(windows, num_masks):
+    """Without autograd the plain path adds the bias to q k^T and takes the softmax in place: the same numbers
+    as softmax(q k^T + bias) @ v computed out of place, for one mask, one per window, and masks that repeat
+    every few windows (several images)."""
+    attention = WindowAttention(dim=8, window_size=(4, 4), num_heads=2, attention_impl="plain").eval()
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(windows, 2, 16, 4, generator=generator) for _ in range(3))
+    bias = torch.randn(num_masks, 2, 16, 16, generator=generator)
+    logits = (q @ k.transpose(-2, -1)).view(-1, num_masks, 2, 16, 16) + bias
+    expected = (logits.view(windows, 2, 16, 16).softmax(-1) @ v).transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(attention.attend_plain(q, k, v, bias), expected, rtol=0, atol=0)
+    q.requires_grad_(True)  # with a gradient to record: the out-of-place formula, the same numbers
+    torch.testing.assert_close(attention.attend_plain(q, k, v, bias).detach(), expected, rtol=0, atol=0)
 
 
 def test_auto_matches_plain_in_training_and_inference(tiny_config):

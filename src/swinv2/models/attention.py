@@ -30,6 +30,8 @@ NORM_EPS = 1e-12  # F.normalize's: q and k shorter than this are divided by it i
 # Heads at most this hot get a total shift mask (WindowAttention.head_masks): there -100 leaves a masked
 # pair at most exp(2 * 30 + 16 - 100) = e^-24 of its row's largest weight, 64 of them under fp32's rounding.
 TOTAL_MASK_MAX_INVERSE_TAU = 30.0
+# Windows of at most this many tokens take the plain path on the CPU also where SDPA could run (use_sdpa).
+CPU_PLAIN_MAX_TOKENS = 64
 
 # FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel, and would count the
 # attention products as 0 FLOPs (`swinv2 info`, the benchmark): give it the formulas of the CUDA ones.
@@ -286,15 +288,17 @@ class WindowAttention(nn.Module):
 
     def use_sdpa(self, x: torch.Tensor) -> bool:
         """The implementation for this call. "auto": the fused kernel on CUDA (its memory-efficient kernel
-        also returns the mask's gradient); on the CPU only in fp32 and when the mask needs no gradient
-        (inference, or a frozen CPB MLP): the CPU flash kernel cannot return one, and its fallback is
-        slower than the plain path; under bf16 autocast the plain path measured faster (docs/performance.md);
-        the reference elsewhere (e.g. the meta device, where FLOPs are counted)."""
+        also returns the mask's gradient); on the CPU only in fp32, when the mask needs no gradient
+        (inference, or a frozen CPB MLP: the CPU flash kernel cannot return one, and its fallback is
+        slower than the plain path), and for windows of more than 64 tokens (at 8x8 the plain path, its
+        logits in place, measured 2-3% faster eager and 5% compiled; at 12x12 and 16x16 SDPA was 3-9%
+        faster: docs/performance.md, item 27); under bf16 autocast the plain path measured faster; the
+        reference elsewhere (e.g. the meta device, where FLOPs are counted)."""
         if self.attention_impl != "auto":
             return self.attention_impl == "sdpa"
         if x.device.type == "cuda":
             return True
-        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        if x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.shape[1] <= CPU_PLAIN_MAX_TOKENS:
             return False
         return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.bias_parameters()))
 
@@ -351,8 +355,14 @@ class WindowAttention(nn.Module):
         windows, heads, tokens, _ = q.shape
         num_masks = bias.shape[0]
         attn = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
-        attn = (attn.view(-1, num_masks, heads, tokens, tokens) + bias).view(windows, heads, tokens, tokens)
-        attn = self.attn_drop(attn.softmax(dim=-1))
+        if not attn.requires_grad and not self.training and not torch.compiler.is_compiling():
+            # Nothing reads the logits but the softmax: bias and softmax written over them, no second and
+            # third (windows, heads, N, N) tensor (under torch.compile inductor fuses the two instead).
+            attn.view(-1, num_masks, heads, tokens, tokens).add_(bias)
+            attn = torch.softmax(attn, dim=-1, out=attn)
+        else:
+            attn = (attn.view(-1, num_masks, heads, tokens, tokens) + bias).view(windows, heads, tokens, tokens)
+            attn = self.attn_drop(attn.softmax(dim=-1))
         return (attn @ v).transpose(1, 2)
 
     def attend_sdpa(self, q, k, v, bias) -> torch.Tensor:
