@@ -291,8 +291,8 @@ class WindowAttention(nn.Module):
         also returns the mask's gradient); on the CPU only in fp32, when the mask needs no gradient
         (inference, or a frozen CPB MLP: the CPU flash kernel cannot return one, and its fallback is
         slower than the plain path), and for windows of more than 64 tokens (at 8x8 the plain path, its
-        logits in place, measured 2-3% faster eager and 5% compiled; at 12x12 and 16x16 SDPA was 3-9%
-        faster: docs/performance.md, item 27); under bf16 autocast the plain path measured faster; the
+        logits in place, measured 1.02x SDPA; at 16x16 0.94x: docs/performance.md, item 27); under bf16
+        autocast the plain path measured faster; the
         reference elsewhere (e.g. the meta device, where FLOPs are counted)."""
         if self.attention_impl != "auto":
             return self.attention_impl == "sdpa"
