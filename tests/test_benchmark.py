@@ -102,6 +102,9 @@ def test_frozen_peer_holds_the_weights_as_constants_and_the_compiled_peer_does_n
     the first call changes what the compiled peer computes and not what the frozen one does. A model
     compiled with torch.compile(options={"freezing": True}) failed this, as the compiled one: Dynamo reads
     the flag while it traces, before inductor sees the options."""
+    # Dynamo's cache of graphs traced by earlier tests in this process (a compiled model of the same code)
+    # would serve the frozen peer an unfrozen graph: the test then depended on which tests ran before it.
+    torch._dynamo.reset()
     reference, peers = build_peers("swinv2_tiny_window8_256", TINY, ["swinv2-compiled", "swinv2-frozen"], "auto",
                                    torch.device("cpu"), initialise=randomize_)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

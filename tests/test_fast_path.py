@@ -249,7 +249,7 @@ class TensorsOfSize(TorchDispatchMode):
         output = func(*args, **kwargs)
         if isinstance(output, torch.Tensor) and output.numel() == self.numel:
             inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
-                      if isinstance(t, torch.Tensor)}
+                      if isinstance(t, torch.Tensor) and not t.is_mkldnn}  # a packed weight has no storage
             if output.untyped_storage().data_ptr() not in inputs:
                 self.made.append(func.overloadpacket.__name__)
         return output

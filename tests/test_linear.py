@@ -119,8 +119,9 @@ def test_model_with_onednn_linears_matches_the_model_with_f_linear(mode):
             actual, expected = model.eval()(images), reference.eval()(images)
         tolerance = 1e-5 if mode == "inference" else 2**-7  # bf16: the sums' order may differ, a rounding apart
         torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance)
-        kept = [m.bf16_cache.filled for m in model.modules() if isinstance(m, Linear)]
-        assert all(kept) if mode == "bf16 inference" else not any(kept)
+        assert all(m.packed_cache.filled for m in model.modules() if isinstance(m, Linear))
+        model.train()  # training again drops every packed copy
+        assert not any(m.packed_cache.filled for m in model.modules() if isinstance(m, Linear))
         return
     outputs = []
     for net in (reference.train(), model.train()):
@@ -165,33 +166,40 @@ def test_a_second_copy_of_the_module_imports_and_flops_are_counted_once():
     assert counter.get_total_flops() == 2 * 30 * 24 * 12
 
 
-def test_bf16_inference_is_the_product_of_the_rounded_operands_from_a_weight_kept_until_it_changes():
-    """Under the CPU's bf16 autocast without autograd, Linear("onednn") computes what autocast's F.linear
-    does, x, weight and bias rounded to bf16 and multiplied with fp32 sums (by hand here, in fp32), from a
-    bf16 weight it makes once and makes again after any change of the weight: in place, a fused optimiser's
-    step, replaced, loaded.
-    With autograd, or without autocast, it keeps nothing."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_inference_is_the_product_of_the_rounded_operands_from_a_weight_kept_until_it_changes(precision):
+    """In eval mode without autograd, Linear("onednn") computes what F.linear does, in fp32 (checked against
+    float64) and under the CPU's bf16 autocast (x, weight and bias rounded to bf16 and multiplied with fp32
+    sums, by hand here), from a packed weight it makes once and makes again after any change of the weight:
+    in place, a fused optimiser's step, replaced, loaded. With autograd, or in training mode, it keeps
+    nothing, and `train()` drops what it kept."""
     torch.manual_seed(5)
-    layer = Linear(24, 12)
+    layer = Linear(24, 12).eval()
     layer.impl = "onednn"
     x = torch.randn(3, 7, 24)
+    bf16 = precision == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    tolerance = dict(rtol=2**-8, atol=1e-6) if bf16 else dict(rtol=1e-6, atol=1e-6)
 
     def by_hand():
+        if not bf16:
+            return (x.double() @ layer.weight.detach().double().T + layer.bias.detach().double()).float()
         rounded = (t.detach().to(torch.bfloat16).float() for t in (x, layer.weight, layer.bias))
         x16, weight16, bias16 = rounded
         return (x16 @ weight16.T + bias16).to(torch.bfloat16)
 
-    def bf16_call():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    def inference_call():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return layer(x)
 
-    output = bf16_call()
-    assert output.dtype == torch.bfloat16
-    torch.testing.assert_close(output.float(), by_hand().float(), rtol=2**-8, atol=1e-6)
-    kept = layer.bf16_weight()
-    assert kept.is_mkldnn and kept.dtype == torch.bfloat16  # packed in oneDNN's layout
-    bf16_call()
-    assert layer.bf16_weight() is kept  # unchanged weight: made once
+    output = inference_call()
+    assert output.dtype == dtype
+    torch.testing.assert_close(output.float(), by_hand().float(), **tolerance)
+    kept = layer.packed_weight(dtype)
+    assert kept.is_mkldnn and kept.dtype == dtype  # packed in oneDNN's layout
+    inference_call()
+    assert layer.packed_weight(dtype) is kept  # unchanged weight: made once
+
     def in_place():
         with torch.no_grad():
             layer.weight.mul_(-2.0)
@@ -205,20 +213,24 @@ def test_bf16_inference_is_the_product_of_the_rounded_operands_from_a_weight_kep
                lambda: layer.load_state_dict({"weight": torch.randn(12, 24), "bias": torch.randn(12)}))
     for change in changes:
         change()
-        torch.testing.assert_close(bf16_call().float(), by_hand().float(), rtol=2**-8, atol=1e-6)
+        torch.testing.assert_close(inference_call().float(), by_hand().float(), **tolerance)
     # Copied and saved with something kept (the packed weight is an opaque tensor): the copies start empty.
     twin = copy.deepcopy(layer)
-    assert not twin.bf16_cache.filled
+    assert not twin.packed_cache.filled
     torch.save(layer, io.BytesIO())
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(twin(x), bf16_call())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        assert torch.equal(twin(x), inference_call())
+    layer.train()
+    assert not layer.packed_cache.filled  # training again drops it
     fresh = Linear(24, 12)
     fresh.impl = "onednn"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fresh(x).requires_grad  # training: autocast's own F.linear, with its gradient
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        assert fresh(x).requires_grad  # training: autocast's own F.linear (or the operator), with its gradient
     with torch.no_grad():
-        fresh(x)
-    assert not fresh.bf16_cache.filled
+        fresh(x)  # training mode: no copy for weights that are about to change
+    fresh.eval()
+    fresh(x)  # autograd records: nothing kept either
+    assert not fresh.packed_cache.filled
 
 
 def test_the_gradient_of_the_input_gradient_is_f_linears():

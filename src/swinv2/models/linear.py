@@ -9,11 +9,11 @@ measured the same. Same function either way: both accumulate in fp32 (tests comp
 forward and gradients).
 
     linear_impl "aten"    F.linear, everywhere
-                "onednn"  oneDNN for fp32 CPU tensors outside autocast (also under torch.compile, below),
-                          and for eager inference (no autograd) under the CPU's bf16 autocast from a bf16
-                          copy of the weight, packed in oneDNN's layout, that the layer keeps while the weight
-                          does not change; F.linear for the rest (CUDA, bf16 training, the meta device,
-                          graphs traced for inductor's freezing or for torch.export)
+                "onednn"  oneDNN for fp32 CPU tensors outside autocast (also under torch.compile, below);
+                          in eager inference (eval mode, no autograd), in fp32 and under the CPU's bf16
+                          autocast, from a copy of the weight packed in oneDNN's layout (below); F.linear
+                          for the rest (CUDA, bf16 training, the meta device, graphs traced for inductor's
+                          freezing or for torch.export)
                 "auto"    "onednn" on AMD CPUs with AVX-512, where it measured faster; "aten" elsewhere
 
 With autograd, and under torch.compile, the product is an operator of its own, `swinv2::onednn_linear` (a
@@ -24,11 +24,14 @@ MKL's products at their AVX2 speed on the Zen 4: with the op the compiled traini
 freezing keep F.linear, whose weights freezing packs for MKL (benchmark.Frozen), and so do torch.export's,
 which should hold standard operators (ONNX).
 
-In bf16 inference F.linear's product is oneDNN's too, but autocast casts every weight to bf16 in every
-forward pass and `addmm` writes the bias into its output in a pass of its own: from the kept copy,
-oneDNN's linear ran SwinV2-T's bf16 inference 1.38x / 1.10x / 1.08x faster at batch 1 / 8 / 32 on the
-Zen 4, and packed in oneDNN's blocked layout (which it would otherwise reorder the weight into in every
-call) faster again (docs/performance.md, item 20).
+In inference each layer keeps its weight packed in oneDNN's blocked layout, which the kernel otherwise
+reorders a plain weight into in every call, and in bf16 rounded as well: autocast would cast every fp32
+weight to bf16 in every forward pass, and `addmm` writes the bias into its output in a pass of its own.
+From the kept bf16 copy oneDNN's linear ran SwinV2-T's bf16 inference 1.38x / 1.10x / 1.08x faster at
+batch 1 / 8 / 32 on the Zen 4 (docs/performance.md, item 20), the packed fp32 copy its fp32 inference
+1.04x-1.07x (item 28). The copy costs the weights' memory once more (half of it in bf16) while the model is
+in eval mode: it is made at the first call in eval mode, made again when the weight changes, and dropped by
+`train()`; `linear_impl="aten"` keeps none.
 """
 from __future__ import annotations
 
@@ -137,13 +140,18 @@ def traces_for_freezing() -> bool:
     return config.freezing
 
 
-def uses_onednn_bf16_inference(x: torch.Tensor, weight: torch.Tensor, impl: str) -> bool:
-    """Whether `Linear` computes this call from its kept bf16 weight: eager inference under the CPU's bf16
-    autocast, where autocast would cast the fp32 weight itself, in every call."""
-    return (selects_onednn(impl) and not torch.compiler.is_compiling() and x.device.type == "cpu"
-            and not torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16
-            and weight.dtype == torch.float32 and x.dtype in (torch.float32, torch.bfloat16))
+def packed_inference_dtype(x: torch.Tensor, layer: nn.Linear, impl: str) -> torch.dtype | None:
+    """The dtype in which `layer` computes this call from its packed copy of the weight, or None: eager
+    inference (eval mode, no autograd) on the CPU, fp32 outside autocast and bf16 under the CPU's bf16
+    autocast (module docstring)."""
+    if (layer.training or torch.is_grad_enabled() or not selects_onednn(impl) or torch.compiler.is_compiling()
+            or x.device.type != "cpu" or layer.weight.dtype != torch.float32):
+        return None
+    if not torch.is_autocast_enabled("cpu"):
+        return torch.float32 if x.dtype == torch.float32 else None
+    if torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16):
+        return torch.bfloat16
+    return None
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -198,15 +206,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """nn.Linear, the same parameters and state dict, whose product goes through `linear`, or in bf16
-    inference through oneDNN from a kept bf16 copy of the weight (`uses_onednn_bf16_inference`). `impl` is
+    """nn.Linear, the same parameters and state dict, whose product goes through `linear`, or in eager
+    inference through oneDNN from a kept packed copy of the weight (`packed_inference_dtype`). `impl` is
     set for the whole model by SwinTransformerV2 from its config's linear_impl."""
 
     impl: str = "auto"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bf16_cache = TensorCache()  # the weight in bf16, see bf16_weight
+        self.packed_cache = TensorCache()  # the weight packed for oneDNN, see packed_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.product(x, self.bias)
@@ -214,18 +222,25 @@ class Linear(nn.Linear):
     def product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x @ weight^T + bias, with this layer's own bias or one its caller assembles (the attention's
         q and v biases around a zero one for k)."""
-        if not uses_onednn_bf16_inference(x, self.weight, self.impl):
+        dtype = packed_inference_dtype(x, self, self.impl)
+        if dtype is None:
             return linear(x, self.weight, bias, self.impl)
-        # What autocast's F.linear computes: x, weight and bias rounded to bf16, one fp32-accumulated product.
-        bias = None if bias is None else bias.to(torch.bfloat16)
-        return onednn_linear(x.to(torch.bfloat16), self.bf16_weight(), bias)
+        # What F.linear (under autocast: autocast's) computes: x, weight and bias in `dtype`, one
+        # fp32-accumulated product.
+        bias = None if bias is None else bias.to(dtype)
+        return onednn_linear(x.to(dtype), self.packed_weight(dtype), bias)
 
-    def bf16_weight(self) -> torch.Tensor:
-        """The weight rounded to bf16 and packed in oneDNN's blocked layout (an opaque mkldnn tensor, which
-        only oneDNN's kernels read), made again when the weight changes (`cache.TensorCache`)."""
+    def packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in `dtype`, packed in oneDNN's blocked layout (an opaque mkldnn tensor, which only
+        oneDNN's kernels read), made again when the weight changes (`cache.TensorCache`)."""
         weight = self.weight
-        return self.bf16_cache.get(
-            [weight], lambda: torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16)))
+        return self.packed_cache.get(
+            [weight], lambda: torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype)), extra=(dtype,))
+
+    def train(self, mode: bool = True) -> "Linear":
+        if mode:
+            self.packed_cache.clear()  # a model that trains again does not keep a second copy of its weights
+        return super().train(mode)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, impl={self.impl!r}"
