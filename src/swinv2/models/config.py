@@ -77,7 +77,8 @@ class SwinV2Config:
     attention_impl: str = "auto"
     # The linear layers' kernel (same result): "aten" F.linear; "onednn" oneDNN's matmul for fp32 on the
     # CPU; "auto" oneDNN on AMD's AVX-512 CPUs, where PyTorch's default (MKL) ran at its AVX2 speed and
-    # oneDNN measured 1.11-1.33x faster, "aten" elsewhere (models/linear.py, docs/performance.md).
+    # oneDNN measured 1.11-1.33x faster, "aten" elsewhere (models/linear.py, docs/performance.md). With
+    # oneDNN, eval-mode inference keeps each weight packed for it: the weights' memory once more, until train().
     linear_impl: str = "auto"
     # The paper's ablations (docs/experiments.md). Swin v1's block is norm="pre", attention="dot",
     # position_bias="table"; SwinV2 is res_post / cosine / cpb_log, the only layout its weights fit.
