@@ -333,10 +333,13 @@ def run_task(config: Config, task_class: type[Task], progress: bool | None = Non
     started = time.perf_counter()
     device = resolve_device(config.run.device)  # before anything is written: a bad device leaves no run behind
     distributed = Distributed.from_environment(device)
+    finished = False
     try:
-        return train_process(config, task_class, progress, distributed, distributed.device(device), started)
+        result = train_process(config, task_class, progress, distributed, distributed.device(device), started)
+        finished = True
+        return result
     finally:
-        distributed.close()
+        distributed.close(finished)
 
 
 def train_process(config: Config, task_class: type[Task], progress: bool | None, distributed: Distributed,
