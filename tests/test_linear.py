@@ -103,6 +103,25 @@ def test_auto_picks_onednn_on_amd_avx512_only(monkeypatch, vendor, capability, e
     assert uses_onednn(torch.randn(2, 4), torch.randn(4, 4), "auto") is expected
 
 
+@pytest.mark.parametrize("shape", [(6, 24), (2, 3, 24)])
+def test_output_with_autograd_is_not_a_view_and_edits_in_place_keep_f_linears_gradients(shape):
+    """With autograd the result is a tensor of its own, not a view of the kernel's 2-D one: FSDP2 warned that
+    a model whose head returned such a view "returned a view tensor" (in-place edits of a view skip its
+    hooks). An in-place edit of it then gives F.linear's gradients."""
+    torch.manual_seed(8)
+    x = torch.randn(*shape, requires_grad=True)
+    weight, bias = torch.randn(12, 24, requires_grad=True), torch.randn(12, requires_grad=True)
+    gradients = []
+    for name, product in (("onednn", lambda: linear(x, weight, bias, "onednn")), ("F.linear", lambda: F.linear(x, weight, bias))):
+        y = product()
+        if name == "onednn":
+            assert not y._is_view()
+        y.mul_(2.0).relu_()
+        gradients.append(torch.autograd.grad(y.square().sum(), (x, weight, bias)))
+    for ours, reference in zip(*gradients):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["inference", "bf16 inference", "training"])
 def test_model_with_onednn_linears_matches_the_model_with_f_linear(mode):
     """Every Linear of the model (qkv, proj, MLP, merging, head, CPB MLP) through oneDNN: the same logits and

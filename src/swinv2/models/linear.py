@@ -201,7 +201,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         # result as a view of its 2-D one, and a custom operator's output must not be a view (an in-place op
         # on it, ReLU's, would bypass the backward).
         y = torch.ops.swinv2.onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        if x.dim() == 2:
+            return y
+        # Reshaped as torch.matmul reshapes its N-D result: not a view for autograd, so that wrappers that
+        # hook a module's output (FSDP2 warned that the model "returned a view tensor", whose in-place
+        # edits would skip its hooks) see a tensor of its own.
+        return torch.ops.aten._unsafe_view(y, (*x.shape[:-1], y.shape[-1]))
     return onednn_linear(x, weight, bias)
 
 
