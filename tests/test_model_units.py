@@ -164,11 +164,12 @@ def test_patch_merging_gathers_every_patch_in_the_spec_order_with_its_gradient()
     torch.manual_seed(0)
     merge = PatchMerging(dim=3)
     x = torch.randn(2, 4, 6, 3, requires_grad=True)
+    # (merged row, merged column, slot of 3 channels, row, column in the map): SPEC's x0..x3 per patch
+    sources = [(i, j, slot, 2 * i + row, 2 * j + col) for i in range(2) for j in range(3)
+               for slot, (row, col) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1)))]
     gathered = torch.empty(2, 2, 3, 12)
-    for i in range(2):
-        for j in range(3):
-            for slot, (row, col) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
-                gathered[:, i, j, 3 * slot:3 * slot + 3] = x.detach()[:, 2 * i + row, 2 * j + col]
+    for i, j, slot, row, col in sources:
+        gathered[:, i, j, 3 * slot:3 * slot + 3] = x.detach()[:, row, col]
     expected = merge.norm(merge.reduction(gathered))
     actual = merge(x)
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
@@ -178,10 +179,8 @@ def test_patch_merging_gathers_every_patch_in_the_spec_order_with_its_gradient()
     merge(x)
     torch.testing.assert_close(captured["tokens"], gathered, rtol=0, atol=0)
     (input_grad,) = torch.autograd.grad(captured["tokens"], x, upstream)
-    for i in range(2):
-        for j in range(3):
-            for slot, (row, col) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
-                assert torch.equal(input_grad[:, 2 * i + row, 2 * j + col], upstream[:, i, j, 3 * slot:3 * slot + 3])
+    for i, j, slot, row, col in sources:
+        assert torch.equal(input_grad[:, row, col], upstream[:, i, j, 3 * slot:3 * slot + 3])
 
 
 # ------------------------------------------------------------------ attention against a plain reference

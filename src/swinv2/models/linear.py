@@ -140,11 +140,11 @@ def traces_for_freezing() -> bool:
     return config.freezing
 
 
-def packed_inference_dtype(x: torch.Tensor, layer: nn.Linear, impl: str) -> torch.dtype | None:
+def packed_inference_dtype(x: torch.Tensor, layer: "Linear") -> torch.dtype | None:
     """The dtype in which `layer` computes this call from its packed copy of the weight, or None: eager
     inference (eval mode, no autograd) on the CPU, fp32 outside autocast and bf16 under the CPU's bf16
     autocast (module docstring)."""
-    if (layer.training or torch.is_grad_enabled() or not selects_onednn(impl) or torch.compiler.is_compiling()
+    if (layer.training or torch.is_grad_enabled() or not selects_onednn(layer.impl) or torch.compiler.is_compiling()
             or x.device.type != "cpu" or layer.weight.dtype != torch.float32):
         return None
     if not torch.is_autocast_enabled("cpu"):
@@ -227,7 +227,7 @@ class Linear(nn.Linear):
     def product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x @ weight^T + bias, with this layer's own bias or one its caller assembles (the attention's
         q and v biases around a zero one for k)."""
-        dtype = packed_inference_dtype(x, self, self.impl)
+        dtype = packed_inference_dtype(x, self)
         if dtype is None:
             return linear(x, self.weight, bias, self.impl)
         # What F.linear (under autocast: autocast's) computes: x, weight and bias in `dtype`, one
